@@ -1,0 +1,88 @@
+"""What every engine takes and returns: requests in, completions out (streamed as they finish)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from harness.moi import MixSpec
+
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: its prompt, how generated tokens are fed back, and how to sample.
+
+    ``prompt`` is raw text, or chat messages (a list of ``{"role", "content"}`` dicts) that the
+    engine renders with the model's chat template and its generation prompt. ``prefix`` is
+    appended after that (a model's generation prefix, e.g. ``"<think>\\n"``).
+    ``temperature == 0`` is greedy; ``top_k <= 0`` and ``top_p == 1`` disable those filters.
+    ``seed`` seeds this request's own sampler, so its output does not depend on the batch.
+    """
+
+    id: str
+    prompt: str | list[dict]
+    prefix: str = ""
+    mix: MixSpec = field(default_factory=MixSpec)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    """What a request produced. ``mixed_steps`` counts the generated tokens fed back as mixtures."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    mixed_steps: int = 0
+    prompt_text: str = ""
+
+
+class Engine(ABC):
+    """A loaded model that turns requests into completions."""
+
+    name: str = "engine"
+
+    @abstractmethod
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[Request, Completion]]:
+        """Yield ``(request, completion)`` pairs as they finish, in any order."""
+
+    def info(self) -> dict:
+        """Facts for the run manifest (versions, device, model revision, MoI memory...)."""
+        return {"engine": self.name}
+
+    def close(self) -> None:
+        """Release the model and its memory."""
+
+
+def render_prompt(tokenizer, request: Request) -> tuple[str, bool]:
+    """The prompt text the model sees, and whether it came from the chat template.
+
+    Chat prompts already hold the template's special tokens, so they are tokenized without
+    adding any (a second BOS would change the input).
+    """
+    if isinstance(request.prompt, str):
+        return request.prompt + request.prefix, False
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            "this model's tokenizer has no chat template; give the task a raw-text prompt "
+            "(model.prompting.use_chat_template) or use a model with a template"
+        )
+    text = tokenizer.apply_chat_template(list(request.prompt), tokenize=False, add_generation_prompt=True)
+    return text + request.prefix, True
+
+
+def encode_prompt(tokenizer, request: Request) -> tuple[str, list[int]]:
+    """The rendered prompt and its token ids, the same for every engine."""
+    text, is_chat = render_prompt(tokenizer, request)
+    ids = tokenizer(text, add_special_tokens=not is_chat)["input_ids"]
+    return text, list(ids)

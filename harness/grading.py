@@ -1,0 +1,199 @@
+"""Grading in worker processes with a hard timeout per item, so no answer can hang a run.
+
+Each worker is a separate process (started from a fork server, never forked from a process that
+holds model threads) in its own process group. A worker that overruns its item's deadline is
+killed with its whole group (any programs a grader started too), the item is graded
+``verdict="timeout"``, and a fresh worker takes its place. A worker that dies is replaced and
+its item graded ``verdict="error"``. The harness never waits on a grader longer than the timeout.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+_CONTEXT = None
+
+
+def _context():
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = mp.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["tasks"])
+    return _CONTEXT
+
+
+def failed_grade(verdict: str, message: str) -> dict:
+    return {"correct": False, "extracted": None, "verdict": verdict, "details": {"error": message}}
+
+
+def grade_one(task_name: str, cfg: dict, problem: dict, completion: str, meta: dict) -> dict:
+    """Grade in this process (no timeout): what a worker runs."""
+    from tasks import get_task
+
+    try:
+        return get_task(task_name).grade(problem, completion, meta, cfg).to_dict()
+    except Exception as err:  # a grader bug must not stop the run; record it
+        return failed_grade("error", f"{type(err).__name__}: {err}")
+
+
+def _worker_main(conn: Connection) -> None:
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        job_id, args = message
+        conn.send((job_id, grade_one(*args)))
+
+
+@dataclass
+class _Worker:
+    process: mp.Process
+    conn: Connection
+    job: tuple | None = None
+    deadline: float = 0.0
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class GradingPool:
+    """Grades items in parallel; ``submit`` never blocks, ``poll``/``drain`` return results.
+
+    Results are ``(key, grade_dict)`` pairs, in completion order.
+    """
+
+    def __init__(self, workers: int = 2, timeout: float = 30.0):
+        if workers < 1:
+            raise ValueError(f"grading workers must be >= 1, got {workers}")
+        if not timeout > 0:
+            raise ValueError(f"grading timeout must be > 0 seconds, got {timeout}")
+        self.size = workers
+        self.timeout = float(timeout)
+        self._workers: list[_Worker] = []
+        self._queue: deque[tuple] = deque()
+        self._pending = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _spawn(self) -> _Worker:
+        parent, child = _context().Pipe()
+        process = _context().Process(target=_worker_main, args=(child,), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker.job is None:
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+                worker.process.join(timeout=2)
+            if worker.process.is_alive():
+                worker.kill()
+        self._workers = []
+
+    def __enter__(self) -> GradingPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- work --------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Items submitted and not yet returned."""
+        return self._pending
+
+    def submit(self, key: Hashable, task_name: str, cfg: dict, problem: dict, completion: str, meta: dict) -> None:
+        self._queue.append((key, (task_name, cfg, problem, completion, meta)))
+        self._pending += 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._queue:
+            idle = next((w for w in self._workers if w.job is None), None)
+            if idle is None:
+                if len(self._workers) >= self.size:
+                    return
+                idle = self._spawn()
+                self._workers.append(idle)
+            job = self._queue.popleft()
+            try:
+                idle.conn.send(job)
+            except OSError:
+                self._replace(idle)
+                self._queue.appendleft(job)
+                continue
+            idle.job = job
+            idle.deadline = time.monotonic() + self.timeout
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._workers.remove(worker)
+
+    def poll(self, timeout: float = 0.0) -> list[tuple[Hashable, dict]]:
+        """Results ready within ``timeout`` seconds (0: only those ready now)."""
+        self._dispatch()
+        busy = [w for w in self._workers if w.job is not None]
+        if not busy:
+            return []
+        now = time.monotonic()
+        wait_for = max(0.0, min(timeout, min(w.deadline for w in busy) - now))
+        ready = set(wait([w.conn for w in busy], timeout=wait_for))
+        results = []
+        for worker in busy:
+            key = worker.job[0]
+            if worker.conn in ready:
+                try:
+                    _, grade = worker.conn.recv()
+                except (EOFError, OSError):
+                    grade = failed_grade("error", f"grading worker died (exit code {worker.process.exitcode})")
+                    self._replace(worker)
+                else:
+                    worker.job = None
+                results.append((key, grade))
+            elif time.monotonic() >= worker.deadline:
+                self._replace(worker)
+                results.append((key, failed_grade("timeout", f"grading exceeded the hard timeout of {self.timeout:g} s")))
+        self._pending -= len(results)
+        self._dispatch()
+        return results
+
+    def drain(self) -> Iterator[tuple[Hashable, dict]]:
+        """Every remaining result, as it arrives."""
+        while self._pending:
+            yield from self.poll(timeout=1.0)
+
+
+def grade_many(
+    items: Iterable[tuple[str, dict, dict, str, dict]], workers: int = 2, timeout: float = 30.0, progress=None
+) -> list[dict]:
+    """Grade ``(task_name, cfg, problem, completion, meta)`` items; grades in input order."""
+    items = list(items)
+    grades: list[dict | None] = [None] * len(items)
+    with GradingPool(workers, timeout) as pool:
+        for index, item in enumerate(items):
+            pool.submit(index, *item)
+        for index, grade in pool.drain():
+            grades[index] = grade
+            if progress is not None:
+                progress.update(1)
+    return grades  # type: ignore[return-value]

@@ -1,0 +1,142 @@
+"""``python -m harness.table RUNS_DIR``: the results table of every run under a directory.
+
+One row per (model, method, beta, temperature, top-p), one column per task plus Avg; each cell is
+the mean accuracy (%) over all samples of all seeds with its standard error (problems as the
+sampling unit), then a "Gain vs. Standard" row per model: the best MoI row minus the best
+Standard row, by Avg. Writes ``table.md`` and ``table.csv`` into RUNS_DIR (or ``--out``);
+the same runs always give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from harness.results import METHOD_LABELS, TASK_LABELS, load_samples, method_rank, task_columns
+
+ROW_KEYS = ["model", "method", "beta", "temperature", "top_p"]
+
+
+def cell_stats(samples: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy and clustered standard error per (row keys, task), in percent."""
+    rows = []
+    frame = samples.copy()
+    frame["beta"] = frame["beta"].astype(object).where(frame["beta"].notna(), None)
+    for key, group in frame.groupby([*ROW_KEYS, "task"], dropna=False, sort=True):
+        per_problem = group.groupby("problem_id")["correct"].mean()
+        n = len(per_problem)
+        se = float(per_problem.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+        rows.append({
+            **dict(zip([*ROW_KEYS, "task"], key)),
+            "accuracy": 100.0 * float(group["correct"].mean()),
+            "stderr": 100.0 * se,
+            "n_samples": len(group),
+            "n_problems": n,
+            "n_runs": group["run"].nunique(),
+        })
+    return pd.DataFrame(rows)
+
+
+def wide_table(stats: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per row key; columns TASK, TASK_se, avg, avg_se; sorted as the paper lays it out."""
+    tasks = task_columns(stats["task"].unique())
+    rows = []
+    for key, group in stats.groupby(ROW_KEYS, dropna=False, sort=False):
+        row = dict(zip(ROW_KEYS, key))
+        by_task = group.set_index("task")
+        for task in tasks:
+            row[task] = by_task.loc[task, "accuracy"] if task in by_task.index else math.nan
+            row[f"{task}_se"] = by_task.loc[task, "stderr"] if task in by_task.index else math.nan
+        present = [t for t in tasks if not math.isnan(row[t])]
+        row["avg"] = sum(row[t] for t in present) / len(present)
+        row["avg_se"] = math.sqrt(sum(row[f"{t}_se"] ** 2 for t in present)) / len(present)
+        row["complete"] = len(present) == len(tasks)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table["_method"] = table["method"].map(method_rank)
+    table["_beta"] = table["beta"].map(lambda b: -1.0 if b is None or (isinstance(b, float) and math.isnan(b)) else b)
+    table = table.sort_values(["model", "_method", "_beta", "temperature", "top_p"], kind="stable")
+    return table.drop(columns=["_method", "_beta"]).reset_index(drop=True), tasks
+
+
+def gains(table: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """Per model: the best MoI row minus the best Standard row (best by Avg)."""
+    rows = []
+    for model, group in table.groupby("model", sort=True):
+        moi, standard = group[group.method == "moi"], group[group.method == "standard"]
+        if moi.empty or standard.empty:
+            continue
+        best_moi, best_std = moi.loc[moi["avg"].idxmax()], standard.loc[standard["avg"].idxmax()]
+        row = {"model": model, "method": "gain_vs_standard"}
+        for column in [*tasks, "avg"]:
+            row[column] = best_moi[column] - best_std[column]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(value: float, se: float | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if se is None else f"{value:.2f} ± {se:.2f}"
+
+
+def _fmt_num(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:g}"
+
+
+def to_markdown(table: pd.DataFrame, gain: pd.DataFrame, tasks: list[str]) -> str:
+    header = ["Model", "Method", "beta", "T", "top-p", *[TASK_LABELS.get(t, t) for t in tasks], "Avg"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for model, group in table.groupby("model", sort=False):
+        for _, row in group.iterrows():
+            cells = [model, METHOD_LABELS.get(row.method, row.method), _fmt_num(row.beta),
+                     _fmt_num(row.temperature), _fmt_num(row.top_p)]
+            cells += [_fmt(row[t], row[f"{t}_se"]) for t in tasks] + [_fmt(row["avg"], row["avg_se"])]
+            lines.append("| " + " | ".join(cells) + " |")
+        for _, row in gain[gain.model == model].iterrows():
+            cells = [model, "Gain vs. Standard", "", "", ""] + [f"{row[c]:+.2f}" for c in [*tasks, "avg"]]
+            lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        "",
+        "Accuracy in %, mean over all samples and seeds ± standard error (problems as the sampling unit).",
+        "Avg: mean over the task columns present. Gain vs. Standard: the best MoI row minus the best "
+        "Standard row of the model (best by Avg).",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+def build(root: str | Path) -> tuple[str, pd.DataFrame]:
+    """The markdown table and the CSV frame for every run under ``root``."""
+    samples = load_samples(root)
+    if samples.empty:
+        raise SystemExit(f"error: no runs with samples under {root}")
+    table, tasks = wide_table(cell_stats(samples))
+    gain = gains(table, tasks)
+    return to_markdown(table, gain, tasks), pd.concat([table, gain], ignore_index=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.table", description=__doc__.splitlines()[0])
+    parser.add_argument("runs_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="where to write table.md/.csv (default: RUNS_DIR)")
+    args = parser.parse_args(argv)
+    if not args.runs_dir.is_dir():
+        parser.error(f"{args.runs_dir} is not a directory")
+    markdown, frame = build(args.runs_dir)
+    out = args.out or args.runs_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(markdown)
+    frame.to_csv(out / "table.csv", index=False, float_format="%.4f", lineterminator="\n")
+    print(markdown, end="")
+    print(f"wrote {out / 'table.md'} and {out / 'table.csv'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The task interface: a task is its data, its prompt and its grader.
+
+A task module defines one subclass of :class:`Task` decorated with :func:`tasks.register`, and
+``configs/task/NAME.yaml`` holds its data settings (hub id, revision, split, local path,
+prompt variant, grader settings, version). Tasks are pure: no global state, no global RNG.
+
+The runner calls, for each problem and sample::
+
+    problems, source = task.load(cfg)                  # once per run
+    prompt, meta = task.prompt(problem, seed, cfg)     # chat messages (or raw text) + meta
+    ... the engine generates a completion ...
+    grade = task.grade(problem, completion, meta, cfg)  # in a worker process, hard timeout
+
+``meta`` is stored with the sample (e.g. GPQA's option permutation), so any stored run can be
+re-graded without the generator. The runner adds the model's thinking delimiters to ``meta``
+under ``"thinking"`` (see :func:`final_answer_text`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Prompt = list[dict] | str
+
+
+@dataclass(frozen=True)
+class Grade:
+    """A graded completion. ``verdict`` names the outcome (``correct``, ``wrong``,
+    ``no_answer``, ``timeout``, ``error``, or a task's own, e.g. LiveCodeBench's)."""
+
+    correct: bool
+    extracted: Any = None
+    verdict: str = ""
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Task(ABC):
+    """One benchmark. Subclasses set ``name`` and ``version`` and implement the three methods."""
+
+    name: str = ""
+    version: int = 1
+
+    @abstractmethod
+    def load(self, cfg: dict) -> tuple[list[dict], dict]:
+        """All problems (JSON-able dicts, each with a unique string ``"id"``) in a fixed order, and
+        where they came from, for the manifest (hub id + resolved revision, or file + sha256)."""
+
+    @abstractmethod
+    def prompt(self, problem: dict, seed: int, cfg: dict) -> tuple[Prompt, dict]:
+        """The prompt (chat messages, or raw text) and the meta to store with the sample."""
+
+    @abstractmethod
+    def grade(self, problem: dict, completion: str, meta: dict, cfg: dict) -> Grade:
+        """Grade one completion. Must be a pure function of its arguments."""
+
+    def stop(self, cfg: dict) -> list[str]:
+        """Stop strings for generation (from the config by default)."""
+        return list(cfg.get("stop") or [])
+
+
+def final_answer_text(completion: str, meta: dict) -> str:
+    """The part of a completion that holds the final answer: the text after the thinking.
+
+    ``meta["thinking"]`` (set by the runner from the model's prompting config) may give
+    ``start`` and ``end`` delimiters and ``opened`` (the prompt itself opened the thinking,
+    as QwQ's template does). Rules:
+
+    - no thinking delimiters configured: the whole completion;
+    - the end delimiter occurs: the text after its last occurrence;
+    - thinking was opened (by the prompt, or by the start delimiter in the completion) and never
+      closed: the answer was never given, so the empty string;
+    - otherwise (the model did not think): the whole completion.
+    """
+    thinking = (meta or {}).get("thinking") or {}
+    start, end = thinking.get("start"), thinking.get("end")
+    if not end:
+        return completion
+    if end in completion:
+        return completion.rsplit(end, 1)[1]
+    if thinking.get("opened") or (start and start in completion):
+        return ""
+    return completion

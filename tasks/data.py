@@ -1,0 +1,123 @@
+"""Reading task data: local JSONL / parquet files, or Hugging Face Hub datasets by id and revision.
+
+Every loader returns plain dict rows plus a *source* record for the run manifest: for a file its
+path and sha256, for a hub dataset its id, config, split, the requested revision and the commit
+it resolved to (looked up at load time, since a branch name like ``main`` moves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Missing or unreadable data, with a message that says what to do."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def local_path(path: str | Path) -> Path:
+    """A data file path: as given (absolute, or relative to the working directory), else relative
+    to the project's root, so configs can name the offline files shipped in ``tasks/offline/``."""
+    given = Path(path).expanduser()
+    if given.is_file() or given.is_absolute():
+        return given
+    in_repo = REPO_ROOT / given
+    return in_repo if in_repo.is_file() else given
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Rows of a local ``.jsonl``, ``.json`` (a list) or ``.parquet`` file."""
+    path = local_path(path)
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        return rows
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of rows")
+        return data
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records")
+    raise DataError(f"unsupported data file {path} (valid: .jsonl, .json, .parquet)")
+
+
+def file_source(path: str | Path) -> dict:
+    path = local_path(path)
+    return {"kind": "file", "path": str(path.resolve()), "sha256": sha256_file(path)}
+
+
+def hub_revision(dataset_id: str, revision: str | None) -> str | None:
+    """The commit a hub dataset revision resolves to, or None when the hub cannot be reached."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(dataset_id, revision=revision).sha
+    except Exception:
+        return None
+
+
+def load_hub_rows(dataset_id: str, split: str, revision: str | None = None, config: str | None = None) -> tuple[list[dict], dict]:
+    """Rows of a hub dataset and its source record. Raises DataError with advice when offline."""
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(dataset_id, config, split=split, revision=revision)
+    except Exception as err:  # network, gating, missing config...
+        raise DataError(
+            f"could not load hub dataset {dataset_id!r} (config={config!r}, split={split!r}, "
+            f"revision={revision!r}): {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. "
+            "Without internet access, point the task at a local file: task.data.path=FILE"
+        ) from None
+    source = {
+        "kind": "hub",
+        "id": dataset_id,
+        "config": config,
+        "split": split,
+        "revision": revision,
+        "resolved_revision": _resolved_from_cache(ds) or hub_revision(dataset_id, revision),
+    }
+    return [dict(row) for row in ds], source
+
+
+def _resolved_from_cache(ds) -> str | None:
+    """The commit hash in a downloaded dataset's cache path, if it has one."""
+    for entry in getattr(ds, "cache_files", None) or []:
+        for part in Path(entry.get("filename", "")).parts:
+            if len(part) == 40 and all(c in "0123456789abcdef" for c in part):
+                return part
+    return None
+
+
+def load_rows(data_cfg: dict) -> tuple[list[dict], dict]:
+    """Rows and source from a task's ``data`` config: ``path`` (local file) wins over ``hub``."""
+    path = data_cfg.get("path")
+    if path:
+        return read_rows(path), file_source(path)
+    hub = data_cfg.get("hub")
+    if not hub:
+        raise DataError("the task's data config names neither a local path nor a hub dataset")
+    return load_hub_rows(hub, data_cfg.get("split", "train"), data_cfg.get("revision"), data_cfg.get("config"))
