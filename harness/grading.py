@@ -9,6 +9,7 @@ its item graded ``verdict="error"``. The harness never waits on a grader longer 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 _CONTEXT = None
+READY = "ready"
+STARTUP_TIMEOUT = 300.0
 
 
 def _context():
@@ -43,9 +46,18 @@ def grade_one(task_name: str, cfg: dict, problem: dict, completion: str, meta: d
         return failed_grade("error", f"{type(err).__name__}: {err}")
 
 
-def _worker_main(conn: Connection) -> None:
+def _worker_main(conn: Connection, preload: tuple[str, ...]) -> None:
     os.setpgrp()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from tasks import get_task
+
+    try:
+        for name in preload:  # imports count against no item's deadline
+            get_task(name)
+    except Exception as err:
+        conn.send(f"{type(err).__name__}: {err}")
+        return
+    conn.send(READY)
     while True:
         try:
             message = conn.recv()
@@ -63,12 +75,11 @@ class _Worker:
     conn: Connection
     job: tuple | None = None
     deadline: float = 0.0
+    ready: bool = False
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
         self.process.join(timeout=5)
         self.conn.close()
 
@@ -76,16 +87,19 @@ class _Worker:
 class GradingPool:
     """Grades items in parallel; ``submit`` never blocks, ``poll``/``drain`` return results.
 
-    Results are ``(key, grade_dict)`` pairs, in completion order.
+    Results are ``(key, grade_dict)`` pairs, in completion order. ``preload`` names tasks whose
+    modules each worker imports before it takes work, so that import time never counts against
+    an item's timeout.
     """
 
-    def __init__(self, workers: int = 2, timeout: float = 30.0):
+    def __init__(self, workers: int = 2, timeout: float = 30.0, preload: tuple[str, ...] = ()):
         if workers < 1:
             raise ValueError(f"grading workers must be >= 1, got {workers}")
         if not timeout > 0:
             raise ValueError(f"grading timeout must be > 0 seconds, got {timeout}")
         self.size = workers
         self.timeout = float(timeout)
+        self.preload = tuple(preload)
         self._workers: list[_Worker] = []
         self._queue: deque[tuple] = deque()
         self._pending = 0
@@ -93,18 +107,16 @@ class GradingPool:
     # -- lifecycle -------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
         parent, child = _context().Pipe()
-        process = _context().Process(target=_worker_main, args=(child,), daemon=True)
+        process = _context().Process(target=_worker_main, args=(child, self.preload), daemon=True)
         process.start()
         child.close()
-        return _Worker(process, parent)
+        return _Worker(process, parent, deadline=time.monotonic() + STARTUP_TIMEOUT)
 
     def close(self) -> None:
         for worker in self._workers:
             if worker.job is None:
-                try:
+                with contextlib.suppress(OSError):
                     worker.conn.send(None)
-                except OSError:
-                    pass
                 worker.process.join(timeout=2)
             if worker.process.is_alive():
                 worker.kill()
@@ -128,13 +140,12 @@ class GradingPool:
         self._dispatch()
 
     def _dispatch(self) -> None:
+        while len(self._workers) < min(self.size, self._pending):
+            self._workers.append(self._spawn())
         while self._queue:
-            idle = next((w for w in self._workers if w.job is None), None)
+            idle = next((w for w in self._workers if w.ready and w.job is None), None)
             if idle is None:
-                if len(self._workers) >= self.size:
-                    return
-                idle = self._spawn()
-                self._workers.append(idle)
+                return
             job = self._queue.popleft()
             try:
                 idle.conn.send(job)
@@ -152,14 +163,17 @@ class GradingPool:
     def poll(self, timeout: float = 0.0) -> list[tuple[Hashable, dict]]:
         """Results ready within ``timeout`` seconds (0: only those ready now)."""
         self._dispatch()
-        busy = [w for w in self._workers if w.job is not None]
-        if not busy:
+        waiting = [w for w in self._workers if w.job is not None or not w.ready]
+        if not waiting:
             return []
         now = time.monotonic()
-        wait_for = max(0.0, min(timeout, min(w.deadline for w in busy) - now))
-        ready = set(wait([w.conn for w in busy], timeout=wait_for))
+        wait_for = max(0.0, min(timeout, min(w.deadline for w in waiting) - now))
+        ready = set(wait([w.conn for w in waiting], timeout=wait_for))
         results = []
-        for worker in busy:
+        for worker in waiting:
+            if not worker.ready:
+                self._start(worker, worker.conn in ready)
+                continue
             key = worker.job[0]
             if worker.conn in ready:
                 try:
@@ -177,6 +191,20 @@ class GradingPool:
         self._dispatch()
         return results
 
+    def _start(self, worker: _Worker, has_message: bool) -> None:
+        """Mark a starting worker ready; raise if it failed, or did not start in time."""
+        if not has_message and time.monotonic() < worker.deadline:
+            return
+        try:
+            message = worker.conn.recv() if has_message else f"no answer within {STARTUP_TIMEOUT:g} s"
+        except (EOFError, OSError):
+            message = f"it exited with code {worker.process.exitcode}"
+        if message == READY:
+            worker.ready = True
+            return
+        self._replace(worker)
+        raise RuntimeError(f"a grading worker failed to start: {message}")
+
     def drain(self) -> Iterator[tuple[Hashable, dict]]:
         """Every remaining result, as it arrives."""
         while self._pending:
@@ -189,7 +217,7 @@ def grade_many(
     """Grade ``(task_name, cfg, problem, completion, meta)`` items; grades in input order."""
     items = list(items)
     grades: list[dict | None] = [None] * len(items)
-    with GradingPool(workers, timeout) as pool:
+    with GradingPool(workers, timeout, preload=tuple(sorted({item[0] for item in items}))) as pool:
         for index, item in enumerate(items):
             pool.submit(index, *item)
         for index, grade in pool.drain():

@@ -239,7 +239,7 @@ def execute(cells: list[Cell], engine: Engine | None, progress: bool = True) -> 
 
     t0 = time.perf_counter()
     try:
-        with GradingPool(workers, timeout) as pool:
+        with GradingPool(workers, timeout, preload=tuple(sorted({c.task.name for c in cells}))) as pool:
 
             def submit(number: int, cell: Cell, record: dict) -> None:
                 problem = cell.problem(record["problem_id"])

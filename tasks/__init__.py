@@ -41,5 +41,7 @@ def get_task(name: str) -> Task:
             if err.name != f"{__name__}.{name}":
                 raise
     if name not in _REGISTRY:
+        _discover()  # a module may register several tasks (e.g. aime24 in aime.py)
+    if name not in _REGISTRY:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
     return _REGISTRY[name]()

@@ -1,0 +1,171 @@
+"""The runner end to end: run directories, resume after SIGKILL, clear errors, engine reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+COUNTDOWN = "task.data.path=tasks/offline/countdown4_256.jsonl"
+
+
+def harness_run(args: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.run", *args], cwd=REPO, capture_output=True, text=True, timeout=600, **kwargs
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"harness.run failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def base_args(tiny_model_path: str, results: Path) -> list[str]:
+    return [f"model.path={tiny_model_path}", COUNTDOWN, f"results_dir={results}", "progress=false"]
+
+
+def only_run(results: Path) -> Path:
+    [run] = [p.parent for p in results.rglob("config.yaml")]
+    return run
+
+
+def raw_keys(path: Path) -> list[str]:
+    return [json.loads(line)["key"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_run_writes_a_complete_run_directory(tiny_model_path, tmp_path):
+    args = base_args(tiny_model_path, tmp_path) + ["method=moi", "method.beta=0.5", "task.limit=3",
+                                                   "task.n_samples=2", "sampling.max_tokens=16"]
+    first = harness_run(args)
+    assert "accuracy" in first.stdout
+    run = only_run(tmp_path)
+    assert run.name.startswith("moi-b0.5_T0.6_p0.95_s0_transformers_")
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "manifest.json", "samples.jsonl", "summary.json"}
+    assert not (run / "generations.jsonl").exists()
+    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6
+    for sample in samples:
+        assert {"prompt", "completion", "prompt_tokens", "completion_tokens", "finish_reason", "sampling",
+                "correct", "extracted", "verdict", "mixed_steps"} <= set(sample)
+        assert sample["mixed_steps"] == sample["completion_tokens"] - 1
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["dataset"]["kind"] == "file" and len(manifest["dataset"]["sha256"]) == 64
+    assert manifest["model"]["fingerprint"] and manifest["packages"]["torch"]
+    assert {"sha", "dirty"} <= set(manifest["git"]) and manifest["seeds"]["run_seed"] == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["n"] == 6 and summary["complete"] and summary["mixed_steps"]["total"] > 0
+    # the same settings again: resumes into the same directory and generates nothing
+    again = harness_run(args)
+    assert "samples to generate" not in again.stdout + again.stderr
+    assert only_run(tmp_path) == run and len(raw_keys(run / "samples.jsonl")) == 6
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_path, tmp_path):
+    settings = ["method=moi", "method.beta=2", "task.limit=10", "task.n_samples=2", "sampling.max_tokens=48",
+                "engine.batch_size=2"]
+    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
+    harness_run(base_args(tiny_model_path, reference_dir) + settings)
+    reference = {json.loads(x)["key"]: json.loads(x) for x in (only_run(reference_dir) / "samples.jsonl").read_text().splitlines()}
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "harness.run", *base_args(tiny_model_path, killed_dir), *settings],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    deadline = time.time() + 300
+    journal = None
+    while time.time() < deadline:
+        found = list(killed_dir.rglob("generations.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 5:
+            journal = found[0]
+            break
+        time.sleep(0.05)
+    assert journal is not None, "the run never started writing"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    run = journal.parent
+    written = len(raw_keys(journal))
+    assert written < len(reference), "killed too late to test anything"
+
+    harness_run(base_args(tiny_model_path, killed_dir) + settings)
+    keys = raw_keys(run / "samples.jsonl")
+    assert len(keys) == len(set(keys)) == len(reference)  # nothing missing, nothing duplicated
+    resumed = {json.loads(x)["key"]: json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()}
+    for key, sample in reference.items():
+        for field in ("completion", "seed", "completion_tokens", "finish_reason", "correct", "verdict", "mixed_steps"):
+            assert resumed[key][field] == sample[field], (key, field)
+
+
+def compose(overrides: list[str]) -> dict:
+    """The resolved config ``harness.run`` would see for these overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["method=moi", "method.beta=-1"], "method moi: beta must be a finite number >= 0, got -1.0"),
+        (["method.name=mixture"], "unknown method 'mixture'; valid methods: standard, direct_mixture, moi"),
+        (["method=moi", "method.support=all"], "unknown support 'all'; valid supports: topk, full"),
+        (["sampling.temperature=-0.5"], "sampling.temperature must be a number >= 0 (0 = greedy), got -0.5"),
+        (["sampling.top_p=1.5"], "sampling.top_p must be in (0, 1], got 1.5"),
+        (["sampling.top_p=0"], "sampling.top_p must be in (0, 1], got 0"),
+        (["engine.name=tgi"], "unknown engine 'tgi'; valid engines: openai, transformers, vllm"),
+        (["task.name=mmlu"], "unknown task 'mmlu'; valid tasks:"),
+        (["task.limit=0"], "task.limit must be a positive integer or null, got 0"),
+        (["sampling.max_tokens=-3"], "sampling.max_tokens must be a positive integer or null, got -3"),
+    ],
+)
+def test_bad_values_are_named_with_the_valid_choices(override, message):
+    from harness.config import ConfigError, validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose(override))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (["method=moi", "method.beta=-1"], "error: method moi: beta must be a finite number >= 0, got -1.0"),
+        (["task.data.path=/nonexistent/puzzles.jsonl"], "error: data file not found: /nonexistent/puzzles.jsonl"),
+    ],
+)
+def test_bad_input_stops_the_cli_with_one_clear_line(tiny_model_path, tmp_path, override, message):
+    keys = {item.split("=")[0] for item in override}
+    args = [a for a in base_args(tiny_model_path, tmp_path) if a.split("=")[0] not in keys]
+    result = harness_run(args + override, check=False)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [message], result.stderr
+
+
+@pytest.mark.parametrize(
+    "group,value,valid",
+    [("model", "gpt5", "tiny"), ("task", "mmlu", "countdown"), ("method", "mixture", "moi"), ("engine", "tgi", "transformers")],
+)
+def test_unknown_config_names_list_the_valid_ones(group, value, valid):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as err:
+        compose([f"{group}={value}"])
+    assert f"Could not find '{group}/{value}'" in str(err.value)
+    assert valid in err.value.options
+
+
+def test_multirun_reuses_the_engine(tiny_model_path, tmp_path):
+    result = harness_run(["-m", *base_args(tiny_model_path, tmp_path), "method=standard,moi", "method.beta=0.5,2",
+                          "task.limit=2", "sampling.max_tokens=8"])
+    assert (result.stdout + result.stderr).count("loading engine") == 1
+    runs = sorted(p.parent.name for p in tmp_path.rglob("summary.json"))
+    assert len(runs) == 3  # standard ignores beta: its two jobs share one run
+    assert [r.split("_")[0] for r in runs] == ["moi-b0.5", "moi-b2", "standard"]

@@ -1,0 +1,102 @@
+"""The results table on synthetic run directories whose right answers are known."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from harness import table
+from harness.metrics import clustered_stderr, pass_at_k
+from harness.storage import RunDir, read_jsonl, write_json
+
+
+def make_run(root: Path, model: str, task: str, method: str, beta, seed: int, correct: list[list[bool]]) -> None:
+    """A run directory with per-problem sample outcomes ``correct[problem][sample]``."""
+    name = f"{method}-{beta}-{seed}"
+    run = RunDir(root / task / model / name)
+    n = sum(len(c) for c in correct)
+    for p, outcomes in enumerate(correct):
+        for i, ok in enumerate(outcomes):
+            run.append_sample({"key": f"p{p}#{i}", "problem_id": f"p{p}", "sample_index": i, "correct": ok})
+    run.close()
+    summary = {"model": model, "task": task, "method": method, "beta": beta, "temperature": 0.6, "top_p": 0.95,
+               "seed": seed, "engine": "transformers", "accuracy": sum(map(sum, correct)) / n, "stderr": 0.0, "n": n}
+    write_json(run.path / "summary.json", summary)
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    # model A: standard 50% / 25% on two tasks; MoI beta 1 75% / 50%; MoI beta 2 100% / 0%.
+    make_run(tmp_path, "A", "countdown", "standard", None, 0, [[True], [False], [True], [False]])
+    make_run(tmp_path, "A", "aime", "standard", None, 0, [[True], [False], [False], [False]])
+    make_run(tmp_path, "A", "countdown", "moi", 1.0, 0, [[True], [True], [True], [False]])
+    make_run(tmp_path, "A", "aime", "moi", 1.0, 0, [[True], [True], [False], [False]])
+    make_run(tmp_path, "A", "countdown", "moi", 2.0, 0, [[True], [True], [True], [True]])
+    make_run(tmp_path, "A", "aime", "moi", 2.0, 0, [[False], [False], [False], [False]])
+    # model B: two seeds of direct mixture pooled: (2/4 + 4/4) / 2 = 75%
+    make_run(tmp_path, "B", "countdown", "direct_mixture", None, 0, [[True], [True], [False], [False]])
+    make_run(tmp_path, "B", "countdown", "direct_mixture", None, 1, [[True], [True], [True], [True]])
+    return tmp_path
+
+
+def test_cells_gain_and_layout(runs):
+    markdown, frame = table.build(runs)
+    rows = {(r.model, r.method, None if r.beta != r.beta else r.beta): r for r in frame.itertuples()}
+    std = rows[("A", "standard", None)]
+    assert (std.aime, std.countdown, std.avg) == (25.0, 50.0, 37.5)
+    moi1, moi2 = rows[("A", "moi", 1.0)], rows[("A", "moi", 2.0)]
+    assert (moi1.aime, moi1.countdown, moi1.avg) == (50.0, 75.0, 62.5)
+    assert (moi2.aime, moi2.countdown, moi2.avg) == (0.0, 100.0, 50.0)
+    dm = rows[("B", "direct_mixture", None)]
+    assert dm.countdown == 75.0
+    # standard error with problems as the unit: per-problem means over both seeds
+    assert dm.countdown_se == pytest.approx(100 * clustered_stderr({"p0": [1, 1], "p1": [1, 1], "p2": [0, 1], "p3": [0, 1]}))
+    assert std.countdown_se == pytest.approx(100 * math.sqrt(0.5 * 0.5 / 3) * math.sqrt(4 / 4))
+    gain = rows[("A", "gain_vs_standard", None)]
+    assert (gain.aime, gain.countdown, gain.avg) == (25.0, 25.0, 25.0)  # best MoI by Avg is beta 1
+    assert ("B", "gain_vs_standard", None) not in rows  # no standard row for B
+    lines = markdown.splitlines()
+    assert lines[0] == "| Model | Method | beta | T | top-p | AIME | CountDown4 | Avg |"
+    a_rows = [line for line in lines if line.startswith("| A |")]
+    assert [line.split(" | ")[1] for line in a_rows] == ["Standard", "MoI", "MoI", "Gain vs. Standard"]
+    assert "| A | MoI | 1 | 0.6 | 0.95 | 50.00 ± 28.87 | 75.00 ± 25.00 | 62.50 ± 19.09 |" in lines
+    assert "| A | Gain vs. Standard |  |  |  | +25.00 | +25.00 | +25.00 |" in lines
+    assert [line for line in lines if line.startswith("| B |")] == [
+        f"| B | Direct Mixture | - | 0.6 | 0.95 | - | 75.00 ± {dm.countdown_se:.2f} | 75.00 ± {dm.countdown_se:.2f} |"
+    ]
+
+
+def test_table_files_are_byte_identical_across_runs(runs, tmp_path):
+    out1, out2 = tmp_path / "one", tmp_path / "two"
+    assert table.main([str(runs), "--out", str(out1)]) == 0
+    assert table.main([str(runs), "--out", str(out2)]) == 0
+    for name in ("table.md", "table.csv"):
+        assert (out1 / name).read_bytes() == (out2 / name).read_bytes()
+    assert "gain_vs_standard" in (out1 / "table.csv").read_text()
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    assert pass_at_k(10, 0, 1) == 0.0
+    assert pass_at_k(10, 10, 5) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - (3 * 2) / (4 * 3))
+    assert pass_at_k(5, 4, 2) == 1.0
+
+
+def test_storage_drops_a_torn_line_and_never_duplicates(tmp_path):
+    run = RunDir(tmp_path)
+    run.append_sample({"key": "a#0", "v": 1})
+    run.append_sample({"key": "b#0", "v": 2})
+    run.close()
+    with open(run.samples_path, "ab") as handle:  # a write cut short by SIGKILL
+        handle.write(b'{"key": "c#0", "v": ')
+    assert [r["key"] for r in run.samples()] == ["a#0", "b#0"]
+    run.append_sample({"key": "c#0", "v": 3})  # appending first truncates the torn tail
+    run.append_sample({"key": "a#0", "v": 99})  # a duplicate line is ignored by readers
+    run.close()
+    lines = run.samples_path.read_text().splitlines()
+    assert [json.loads(x)["key"] for x in lines] == ["a#0", "b#0", "c#0", "a#0"]
+    assert [(r["key"], r["v"]) for r in read_jsonl(run.samples_path)] == [("a#0", 1), ("b#0", 2), ("c#0", 3)]
