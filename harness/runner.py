@@ -10,6 +10,7 @@ to its own cell's ``samples.jsonl``. Re-running a cell generates only what is mi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -59,14 +60,27 @@ class Cell:
         return self._by_id[problem_id]
 
 
+_loaded: dict[str, tuple[list[dict], dict]] = {}
+
+
+def load_problems(cfg: dict) -> tuple[Task, list[dict], dict]:
+    """A config's task, its selected problems (``task.limit``) and data source; data is loaded
+    once per task config, however many cells share it."""
+    task = get_task(cfg["task"]["name"])
+    key = json.dumps(cfg["task"], sort_keys=True, default=str)
+    if key not in _loaded:
+        if len(_loaded) > 16:
+            _loaded.clear()
+        _loaded[key] = task.load(cfg["task"])
+    problems, source = _loaded[key]
+    limit = cfg["task"].get("limit")
+    return task, (problems[:limit] if limit is not None else problems), source
+
+
 def prepare(cfg: dict) -> Cell:
     """Check a resolved config, load its task's data, and plan what is missing on disk."""
     run_config.validate(cfg)
-    task = get_task(cfg["task"]["name"])
-    problems, source = task.load(cfg["task"])
-    limit = cfg["task"].get("limit")
-    if limit is not None:
-        problems = problems[:limit]
+    task, problems, source = load_problems(cfg)
     cell = Cell(cfg, task, problems, source, RunDir(run_config.run_dir(cfg)), run_config.mix_spec(cfg))
     (cell.run.path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     _plan(cell)
@@ -194,6 +208,29 @@ def _grading_settings(cells: list[Cell]) -> tuple[int, float]:
         for c in cells
     ]
     return int(grading.get("workers", 2)), max(timeouts)
+
+
+def describe_plan(model: str, configs: list[dict]) -> str:
+    """A dry run's report: cells, requests and the most tokens they could generate."""
+    requests = tokens = 0
+    estimated = set()
+    counts: dict[str, int] = {}
+    for cfg in configs:
+        run_config.validate(cfg)
+        key = json.dumps(cfg["task"], sort_keys=True, default=str)
+        if key not in counts:
+            task = cfg["task"]
+            known = [s for s in (task.get("expected_size"), task.get("limit")) if s is not None]
+            if known and not (task.get("data") or {}).get("path"):  # a hub set of known size: no download
+                counts[key] = min(known)
+                estimated.add(task["name"])
+            else:
+                counts[key] = len(load_problems(cfg)[1])
+        n = counts[key] * int(cfg["task"].get("n_samples", 1))
+        requests += n
+        tokens += n * run_config.max_tokens(cfg)
+    note = f" (sizes of {', '.join(sorted(estimated))} from the task configs' expected_size)" if estimated else ""
+    return f"model {model}: {len(configs)} cells, {requests} requests, at most {tokens} generated tokens{note}"
 
 
 def needs_engine(cells: list[Cell]) -> bool:

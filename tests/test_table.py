@@ -10,35 +10,24 @@ import pytest
 
 from harness import table
 from harness.metrics import clustered_stderr, pass_at_k
-from harness.storage import RunDir, read_jsonl, write_json
-
-
-def make_run(root: Path, model: str, task: str, method: str, beta, seed: int, correct: list[list[bool]]) -> None:
-    """A run directory with per-problem sample outcomes ``correct[problem][sample]``."""
-    name = f"{method}-{beta}-{seed}"
-    run = RunDir(root / task / model / name)
-    n = sum(len(c) for c in correct)
-    for p, outcomes in enumerate(correct):
-        for i, ok in enumerate(outcomes):
-            run.append_sample({"key": f"p{p}#{i}", "problem_id": f"p{p}", "sample_index": i, "correct": ok})
-    run.close()
-    summary = {"model": model, "task": task, "method": method, "beta": beta, "temperature": 0.6, "top_p": 0.95,
-               "seed": seed, "engine": "transformers", "accuracy": sum(map(sum, correct)) / n, "stderr": 0.0, "n": n}
-    write_json(run.path / "summary.json", summary)
+from harness.storage import RunDir, read_jsonl
 
 
 @pytest.fixture
-def runs(tmp_path) -> Path:
+def runs(tmp_path, write_run) -> Path:
+    def make(model, task, method, beta, seed, correct):
+        write_run(tmp_path, model=model, task=task, method=method, beta=beta, seed=seed, correct=correct)
+
     # model A: standard 50% / 25% on two tasks; MoI beta 1 75% / 50%; MoI beta 2 100% / 0%.
-    make_run(tmp_path, "A", "countdown", "standard", None, 0, [[True], [False], [True], [False]])
-    make_run(tmp_path, "A", "aime", "standard", None, 0, [[True], [False], [False], [False]])
-    make_run(tmp_path, "A", "countdown", "moi", 1.0, 0, [[True], [True], [True], [False]])
-    make_run(tmp_path, "A", "aime", "moi", 1.0, 0, [[True], [True], [False], [False]])
-    make_run(tmp_path, "A", "countdown", "moi", 2.0, 0, [[True], [True], [True], [True]])
-    make_run(tmp_path, "A", "aime", "moi", 2.0, 0, [[False], [False], [False], [False]])
+    make("A", "countdown", "standard", None, 0, [True, False, True, False])
+    make("A", "aime", "standard", None, 0, [True, False, False, False])
+    make("A", "countdown", "moi", 1.0, 0, [True, True, True, False])
+    make("A", "aime", "moi", 1.0, 0, [True, True, False, False])
+    make("A", "countdown", "moi", 2.0, 0, [True, True, True, True])
+    make("A", "aime", "moi", 2.0, 0, [False, False, False, False])
     # model B: two seeds of direct mixture pooled: (2/4 + 4/4) / 2 = 75%
-    make_run(tmp_path, "B", "countdown", "direct_mixture", None, 0, [[True], [True], [False], [False]])
-    make_run(tmp_path, "B", "countdown", "direct_mixture", None, 1, [[True], [True], [True], [True]])
+    make("B", "countdown", "direct_mixture", None, 0, [True, True, False, False])
+    make("B", "countdown", "direct_mixture", None, 1, [True, True, True, True])
     return tmp_path
 
 
