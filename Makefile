@@ -13,7 +13,9 @@ PAPER_RUNS ?= results/paper_runs
 DRY_RUN ?=
 ARGS ?=
 
-.PHONY: setup demo test test-all lint table bench reproduce reproduce-smoke clean
+MODEL ?= tiny
+
+.PHONY: setup demo test test-all lint table bench bench-concurrency gpu-check serve reproduce reproduce-smoke clean
 
 setup: $(STAMP)
 
@@ -66,6 +68,24 @@ reproduce-smoke: setup
 	$(PY) -m harness.run experiment=smoke_tableA4 $(ARGS)
 	$(PY) -m harness.table results/smoke
 	$(PY) -m harness.paper results/smoke --family smoke
+
+# Benchmarks are scripts that print ratios measured in one run. `bench`: output tokens/s of Standard,
+# Direct Mixture and MoI on one vLLM engine and MoI's extra memory; then LiveCodeBench grading throughput.
+bench: setup
+	$(PY) scripts/bench.py $(ARGS)
+	$(PY) scripts/bench_grading.py
+
+# The smoke grid served concurrently by one engine vs the same cells one after another.
+bench-concurrency: setup
+	$(PY) scripts/bench_concurrency.py $(ARGS)
+
+# On a CUDA machine: vLLM vs transformers equivalence (eager and CUDA graphs) and throughput, ~5 min.
+gpu-check: setup
+	PYTHON=$(PY) scripts/gpu_check.sh $(ARGS)
+
+# vLLM's OpenAI-compatible server with MoI per request, on 127.0.0.1:8000 (ARGS adds overrides).
+serve: setup
+	$(PY) -m harness.serve model=$(MODEL) $(ARGS)
 
 clean:
 	rm -rf results/demo results/smoke .cache .pytest_cache .ruff_cache

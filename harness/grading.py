@@ -27,6 +27,10 @@ STARTUP_TIMEOUT = 300.0
 def _context():
     global _CONTEXT
     if _CONTEXT is None:
+        if mp.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+            # e.g. inside joblib's loky workers (a parallel Hydra launcher): children inherit the
+            # global start method by name and cannot load "loky"
+            mp.set_start_method("forkserver", force=True)
         _CONTEXT = mp.get_context("forkserver")
         _CONTEXT.set_forkserver_preload(["tasks"])
     return _CONTEXT

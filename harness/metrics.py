@@ -38,8 +38,8 @@ def summarize(samples: list[dict], expected: int | None = None) -> dict:
     n = len(samples)
     correct = sum(1 for s in samples if s.get("correct"))
     tokens = [int(s.get("completion_tokens", 0)) for s in samples]
-    mixed = [int(s.get("mixed_steps", 0)) for s in samples]
-    fed_back = sum(max(t - 1, 0) for t in tokens)
+    mixed = [int(s["mixed_steps"]) for s in samples if s.get("mixed_steps") is not None]
+    fed_back = sum(max(int(s.get("completion_tokens", 0)) - 1, 0) for s in samples if s.get("mixed_steps") is not None)
     summary = {
         "n": n,
         "n_expected": expected if expected is not None else n,
@@ -57,6 +57,7 @@ def summarize(samples: list[dict], expected: int | None = None) -> dict:
             "total": sum(mixed),
             "samples_with_mixing": sum(1 for m in mixed if m > 0),
             "fraction_of_fed_back_tokens": sum(mixed) / fed_back if fed_back else 0.0,
+            "unknown": n - len(mixed),  # samples from engines that cannot count (a remote server)
         },
     }
     sizes = {len(v) for v in by_problem.values()}

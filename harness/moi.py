@@ -139,11 +139,38 @@ def _as_bool(value, name: str) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+def topk(logits: torch.Tensor, k: int, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(logits, k)`` over the last dimension of ``[B, V]``, faster on CPUs.
+
+    On CPUs, ``torch.topk`` over a large vocabulary is slow (~40 us per row of 32k); this looks
+    only inside the ``k`` chunks of ``chunk`` tokens with the largest maxima, which hold every
+    one of the top ``k`` (a chunk outside them has a maximum no larger than the k-th largest
+    chunk maximum, itself no larger than the k-th largest logit). Same values; among exactly
+    equal logits the ids may differ. 2-3x faster for 32k-150k vocabularies; other devices
+    use ``torch.topk`` directly.
+    """
+    batch, vocab = logits.shape
+    n = vocab // chunk
+    if logits.device.type != "cpu" or n < 4 * k:
+        return torch.topk(logits, k, dim=-1)
+    head = logits[:, : n * chunk].reshape(batch, n, chunk)
+    chunks = torch.topk(head.amax(dim=-1), k, dim=-1).indices  # [B, k]
+    candidates = head.gather(1, chunks[:, :, None].expand(batch, k, chunk)).reshape(batch, k * chunk)
+    ids = (chunks[:, :, None] * chunk + torch.arange(chunk, device=logits.device)).reshape(batch, k * chunk)
+    if n * chunk < vocab:  # the last, partial chunk is always a candidate
+        candidates = torch.cat([candidates, logits[:, n * chunk :]], dim=1)
+        tail = torch.arange(n * chunk, vocab, device=logits.device).expand(batch, -1)
+        ids = torch.cat([ids, tail], dim=1)
+    values, pos = torch.topk(candidates, k, dim=-1)
+    return values, ids.gather(1, pos)
+
+
 def topk_distribution(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` token ids of raw logits ``[B, V]`` and their renormalised probabilities (fp32)."""
     k = min(k, logits.shape[-1])
-    values, ids = torch.topk(logits.float(), k, dim=-1)
-    return ids, torch.softmax(values, dim=-1)
+    # Select in the logits' own dtype (no vocabulary-sized fp32 copy); the values convert exactly.
+    values, ids = topk(logits, k)
+    return ids, torch.softmax(values.float(), dim=-1)
 
 
 def full_distribution(logits: torch.Tensor) -> torch.Tensor:
@@ -250,7 +277,9 @@ def mix_embeddings(
     ids = torch.cat([support_ids.long(), sampled.long()[:, None]], dim=1)
     weights = torch.cat([w_support, w_obs[:, None].to(w_support.dtype)], dim=1)
     vectors = embed(ids)
-    return (weights.unsqueeze(-1) * vectors.float()).sum(dim=1).to(vectors.dtype)
+    # A batched matmul: on CPUs a broadcast multiply + sum over the middle dimension is ~10x slower.
+    mixed = torch.bmm(weights.float().unsqueeze(1), vectors.float()).squeeze(1)
+    return mixed.to(vectors.dtype)
 
 
 def mix_dense(weights: torch.Tensor, embedding_matrix: torch.Tensor) -> torch.Tensor:

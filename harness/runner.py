@@ -305,6 +305,10 @@ def execute(cells: list[Cell], engine: Engine | None, progress: bool = True) -> 
             cell.run.close()
     if requests:
         log.info("generated %d samples in %.1f s", len(requests), time.perf_counter() - t0)
+        engine_info = engine.info()  # again: MoI memory peaks, preemptions and counts are known now
+        for cell in cells:
+            if cell.requests:
+                write_manifest(cell, engine, engine_info, started)
     summaries = []
     for cell in cells:
         cell.run.finish()

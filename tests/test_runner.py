@@ -66,7 +66,7 @@ def test_run_writes_a_complete_run_directory(tiny_model_path, tmp_path):
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_path, tmp_path):
-    settings = ["method=moi", "method.beta=2", "task.limit=10", "task.n_samples=2", "sampling.max_tokens=48",
+    settings = ["method=moi", "method.beta=2", "task.limit=8", "task.n_samples=2", "sampling.max_tokens=32",
                 "engine.batch_size=2"]
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     harness_run(base_args(tiny_model_path, reference_dir) + settings)

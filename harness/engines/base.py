@@ -36,14 +36,15 @@ class Request:
 
 @dataclass
 class Completion:
-    """What a request produced. ``mixed_steps`` counts the generated tokens fed back as mixtures."""
+    """What a request produced. ``mixed_steps`` counts the generated tokens fed back as mixtures
+    (None when the engine cannot tell, e.g. a remote server)."""
 
     text: str
     token_ids: list[int]
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
-    mixed_steps: int = 0
+    mixed_steps: int | None = 0
     prompt_text: str = ""
 
 
@@ -79,6 +80,14 @@ def render_prompt(tokenizer, request: Request) -> tuple[str, bool]:
         )
     text = tokenizer.apply_chat_template(list(request.prompt), tokenize=False, add_generation_prompt=True)
     return text + request.prefix, True
+
+
+def decode_completion(tokenizer, token_ids: Sequence[int], stop: Sequence[str] = ()) -> str:
+    """A completion's text: its ids decoded in one go (special tokens skipped), cut before the
+    first stop string. Every engine uses this, so the text is a function of the ids alone."""
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    hits = [text.find(s) for s in stop if s and s in text]
+    return text[: min(hits)] if hits else text
 
 
 def encode_prompt(tokenizer, request: Request) -> tuple[str, list[int]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from harness import moi
-from harness.engines.base import Completion, Engine, Request, encode_prompt
+from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt
 from harness.models import resolve_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -167,7 +167,10 @@ class TransformersEngine(Engine):
             index = torch.tensor(members, device=self.device)
             group_specs = [specs[m] for m in members]
             support = moi.support_of(logits[index], group_specs[0])
-            inputs[index] = moi.mixed_inputs(support, sampled[index], group_specs, self.embed, self.embed.weight)
+            mixed = moi.mixed_inputs(support, sampled[index], group_specs, self.embed, self.embed.weight)
+            if group_specs[0].support == "full":  # the dense product skips a scaled embedding's factor
+                mixed = mixed * getattr(self.embed, "embed_scale", 1.0)
+            inputs[index] = mixed
         return inputs
 
     def _append(self, row: _Row, token: int) -> bool:
@@ -178,14 +181,12 @@ class TransformersEngine(Engine):
             row.finish_reason = "stop"
         elif request.stop:
             text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
-            hits = [text.find(s) for s in request.stop if s and s in text]
-            if hits:
-                row.text, row.finish_reason = text[: min(hits)], "stop"
-                return True
+            if any(s and s in text for s in request.stop):
+                row.finish_reason = "stop"
         if row.finish_reason is None and len(row.generated) >= request.max_tokens:
             row.finish_reason = "length"
         if row.finish_reason is not None:
-            row.text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+            row.text = decode_completion(self.tokenizer, row.generated, request.stop)
             return True
         return False
 

@@ -1,0 +1,150 @@
+"""An engine that sends a run's requests to an OpenAI-compatible server (e.g. ``harness.serve``).
+
+Each request carries its MoI settings in ``vllm_xargs`` (``moi_method``, ``moi_beta``, ...), so one
+server can back a whole sweep. Prompts are rendered here with the model's tokenizer and sent as
+token ids to ``/v1/completions``, so a served run sees exactly the tokens an offline run sees;
+with ``tokenizer: null`` chat prompts go to ``/v1/chat/completions`` instead. Requests run with
+bounded concurrency; transient failures (connection errors, 429, 5xx) are retried with
+exponential backoff; a 400 stops the run with the server's message. Usage is recorded per sample.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import httpx
+
+from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class ServerError(RuntimeError):
+    """The server refused a request (HTTP 4xx) or kept failing after every retry."""
+
+
+def wire_xargs(request: Request) -> dict:
+    """The request's MoI settings as ``vllm_xargs`` (JSON scalars only)."""
+    return {k: (int(v) if isinstance(v, bool) else v) for k, v in request.mix.to_extra_args().items()}
+
+
+class OpenAIEngine(Engine):
+    """Requests to ``engine.url`` (an OpenAI-compatible ``/v1`` endpoint with MoI available)."""
+
+    name = "openai"
+
+    def __init__(self, model_cfg: dict, engine_cfg: dict):
+        self.url = str(engine_cfg.get("url") or "").rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"engine.url must be an http(s) URL of a /v1 endpoint, got {self.url!r}")
+        self.concurrency = int(engine_cfg.get("concurrency", 32))
+        self.max_retries = int(engine_cfg.get("max_retries", 6))
+        self.timeout = float(engine_cfg.get("timeout", 3600))
+        key = engine_cfg.get("api_key") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self.client = httpx.Client(base_url=self.url, timeout=self.timeout, headers={"Authorization": f"Bearer {key}"})
+        self.served_model = engine_cfg.get("served_model") or self._first_model()
+        self.tokenizer = None
+        self.model_info = None
+        if engine_cfg.get("tokenizer", "model"):
+            from transformers import AutoTokenizer
+
+            from harness.models import resolve_model
+
+            source = engine_cfg["tokenizer"]
+            if source == "model":
+                self.model_info = resolve_model(model_cfg)
+                source = self.model_info.path
+            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code")))
+
+    def _first_model(self) -> str:
+        try:
+            models = self._call("GET", "/models")["data"]
+        except (ServerError, KeyError, IndexError) as err:
+            raise ValueError(f"cannot list the models of the server at {self.url}: {err}") from None
+        return models[0]["id"]
+
+    def info(self) -> dict:
+        return {"engine": self.name, "url": self.url, "served_model": self.served_model,
+                "concurrency": self.concurrency, "prompts": "token ids" if self.tokenizer else "text/chat"}
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One API call with retries and exponential backoff for transient failures."""
+        delay = 1.0
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.request(method, path, json=body)
+            except httpx.TransportError as err:
+                problem = f"{type(err).__name__}: {err}"
+            else:
+                if response.status_code < 400:
+                    return response.json()
+                problem = f"HTTP {response.status_code}: {response.text[:500]}"
+                if response.status_code not in RETRY_STATUS:
+                    raise ServerError(f"the server refused the request ({problem})")
+            if attempt == self.max_retries:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 60.0)
+        raise ServerError(f"{method} {self.url}{path} failed after {self.max_retries + 1} attempts ({problem})")
+
+    def _body(self, request: Request) -> tuple[str, dict, str]:
+        body = {
+            "model": self.served_model,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "stop": list(request.stop),
+            "vllm_xargs": wire_xargs(request),
+        }
+        if request.top_k > 0:
+            body["top_k"] = request.top_k
+        if self.tokenizer is not None:
+            text, ids = encode_prompt(self.tokenizer, request)
+            return "/completions", {**body, "prompt": ids, "return_token_ids": True}, text
+        if isinstance(request.prompt, str):
+            return "/completions", {**body, "prompt": request.prompt + request.prefix}, request.prompt + request.prefix
+        messages = list(request.prompt)
+        if request.prefix:
+            messages.append({"role": "assistant", "content": request.prefix})
+            body.update(add_generation_prompt=False, continue_final_message=True)
+        return "/chat/completions", {**body, "messages": messages}, ""
+
+    def _complete(self, request: Request) -> Completion:
+        path, body, prompt_text = self._body(request)
+        reply = self._call("POST", path, body)
+        choice = reply["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        token_ids = list(choice.get("token_ids") or [])
+        if self.tokenizer is not None and token_ids:  # decoded here exactly as the offline engines do
+            stopped_by_string = isinstance(choice.get("stop_reason"), str)
+            text = decode_completion(self.tokenizer, token_ids, request.stop if stopped_by_string else ())
+        usage = reply.get("usage") or {}
+        return Completion(
+            text=text or "",
+            token_ids=token_ids,
+            finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            mixed_steps=None,
+            prompt_text=prompt_text,
+        )
+
+    def generate(self, requests: Sequence[Request]) -> Iterator[tuple[Request, Completion]]:
+        if not requests:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
+            futures = {pool.submit(self._complete, r): r for r in requests}
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
