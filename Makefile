@@ -63,7 +63,7 @@ endif
 
 # The same pipeline on the tiny model and the CPU, into results/smoke.
 reproduce-smoke: setup
-	$(PY) -m harness.run experiment=smoke_table1 $(ARGS)
+	$(PY) -m harness.run experiment=smoke $(ARGS)
 	$(PY) -m harness.run experiment=smoke_tableA1 $(ARGS)
 	$(PY) -m harness.run experiment=smoke_tableA4 $(ARGS)
 	$(PY) -m harness.table results/smoke
@@ -72,7 +72,7 @@ reproduce-smoke: setup
 # Benchmarks are scripts that print ratios measured in one run. `bench`: output tokens/s of Standard,
 # Direct Mixture and MoI on one vLLM engine and MoI's extra memory; then LiveCodeBench grading throughput.
 bench: setup
-	$(PY) scripts/bench.py $(ARGS)
+	$(PY) scripts/bench.py --shape qwen2-0.5b --requests 16 --max-tokens 64 --rounds 3 $(ARGS)
 	$(PY) scripts/bench_grading.py
 
 # The smoke grid served concurrently by one engine vs the same cells one after another.

@@ -3,7 +3,7 @@ regenerated from stored runs and set beside the published numbers.
 
 Which runs feed which table is read from the experiment configs (``configs/experiment/``):
 
-- **Table 1**: runs in the ``paper_table1`` grid (``smoke_table1`` with ``--family smoke``). On AIME and CountDown4 the best cell per
+- **Table 1**: runs in the ``paper_table1`` grid (``smoke`` with ``--family smoke``). On AIME and CountDown4 the best cell per
   (model, method) by mean accuracy over seeds (``harness.selection``), with its beta, temperature
   and top-p; on GPQA-Diamond and LiveCodeBench the single cell of the grid. "Gain vs. Standard"
   is MoI minus Standard.
@@ -12,8 +12,8 @@ Which runs feed which table is read from the experiment configs (``configs/exper
   come from ``paper_tableA1``).
 - **Table A4**: AIME runs at the Table A1 configuration over the seeds of ``paper_tableA4``: mean
   and standard deviation across seeds.
-- **Figure 3**: for each (model, task) the MoI accuracy at each beta (mean over the grid's
-  temperatures, top-ps and seeds) minus its mean over betas, averaged over models.
+- **Figure 3**: for each (model, task) searched over beta, the MoI accuracy at each beta (mean
+  over the grid's temperatures, top-ps and seeds) minus its mean over betas, averaged over models.
 - **McNemar**: MoI vs Standard at their Table 1 cells, samples paired by (problem, seed, sample),
   exact two-sided binomial test on the discordant pairs.
 
@@ -43,6 +43,13 @@ GRID_COLUMNS = {"method.beta": "beta", "sampling.temperature": "temperature", "s
 
 
 # -- which runs belong to an experiment ---------------------------------------------------------
+def experiment_names(family: str) -> tuple[str, str, str]:
+    """The experiments of Tables 1, A1 and A4: ``FAMILY_table1`` (or just ``FAMILY``), ``FAMILY_tableA1``
+    and ``FAMILY_tableA4``."""
+    first = f"{family}_table1" if (EXPERIMENTS / f"{family}_table1.yaml").exists() else family
+    return first, f"{family}_tableA1", f"{family}_tableA4"
+
+
 def experiment_grid(name: str) -> list[dict]:
     """The cells of an experiment config's grid (the keys that tables select on)."""
     cfg = yaml.safe_load((EXPERIMENTS / f"{name}.yaml").read_text())
@@ -106,6 +113,15 @@ def mcnemar(moi: pd.DataFrame, standard: pd.DataFrame) -> dict:
 
 
 # -- tables ------------------------------------------------------------------------------------------
+def _paper_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by model, then Standard / Direct Mixture / MoI, then the paper's task order."""
+    if frame.empty:
+        return frame
+    tasks = task_columns(frame.task.unique())
+    keys = frame.assign(_m=frame.method.map(method_rank), _t=frame.task.map(tasks.index))
+    return keys.sort_values(["model", "_m", "_t"], kind="stable").drop(columns=["_m", "_t"]).reset_index(drop=True)
+
+
 def paper_names(root: Path) -> dict[str, str]:
     """Model config name -> the name the paper uses (``model.paper_name``)."""
     names = {}
@@ -145,7 +161,7 @@ def table1(runs: pd.DataFrame, samples: pd.DataFrame, names: dict[str, str], cel
         rows.append({"model": names.get(r.model, r.model), "method": r.method, "task": r.task, "accuracy": ours,
                      "stderr": se, "beta": beta, "temperature": r.temperature, "top_p": r.top_p,
                      "n_seeds": int(r.n_seeds), "paper": paper, "diff": diff, "within_2se": within})
-    return pd.DataFrame(rows)
+    return _paper_order(pd.DataFrame(rows))
 
 
 def table_a1(runs: pd.DataFrame, samples: pd.DataFrame, names: dict[str, str], grid1: list[dict],
@@ -170,7 +186,7 @@ def table_a1(runs: pd.DataFrame, samples: pd.DataFrame, names: dict[str, str], g
                 rows.append({"model": names.get(model, model), "method": method, "task": task, "accuracy": ours,
                              "stderr": se, **{k: choice[k] for k in ("beta", "temperature", "top_p")},
                              "paper": paper, "diff": diff, "within_2se": within})
-    return pd.DataFrame(rows)
+    return _paper_order(pd.DataFrame(rows))
 
 
 def table_a4(runs: pd.DataFrame, names: dict[str, str], grid1: list[dict], grid4: list[dict]) -> pd.DataFrame:
@@ -206,6 +222,7 @@ def figure3_data(runs: pd.DataFrame, grid: list[dict]) -> pd.DataFrame:
     if moi.empty:
         return pd.DataFrame(columns=["task", "beta", "deviation", "n_models"])
     per_beta = moi.groupby(["model", "task", "beta"]).accuracy.mean().mul(100).rename("accuracy").reset_index()
+    per_beta = per_beta[per_beta.groupby("task").beta.transform("nunique") > 1]  # tasks searched over beta
     per_beta["deviation"] = per_beta.accuracy - per_beta.groupby(["model", "task"]).accuracy.transform("mean")
     out = per_beta.groupby(["task", "beta"]).agg(deviation=("deviation", "mean"), n_models=("model", "nunique"))
     return out.reset_index()
@@ -222,10 +239,12 @@ def figure3(data: pd.DataFrame, path: Path) -> None:
         part = data[data.task == task].sort_values("beta")
         ax.plot(part.beta, part.deviation, marker="o", label=task)
     ax.set_xscale("log", base=2)
+    betas = sorted(data.beta.unique())
+    ax.set_xticks(betas, [f"{b:g}" for b in betas])
     ax.axhline(0, color="grey", linewidth=0.8)
     ax.set_xlabel("beta")
     ax.set_ylabel("accuracy - task mean (points)")
-    ax.set_title("MoI: accuracy deviation vs beta (mean over models)")
+    ax.set_title("MoI: deviation from the task mean", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
@@ -306,14 +325,14 @@ def table1_layout(frame: pd.DataFrame) -> str:
 
 
 def build(root: Path, out: Path, family: str = "paper") -> list[Path]:
-    """Write every table and the figure for the experiments ``FAMILY_table1``, ``FAMILY_tableA1``
-    and ``FAMILY_tableA4``; return the files written."""
+    """Write every table and the figure for a family of experiments (``experiment_names``);
+    return the files written."""
     runs = load_runs(root)
     if runs.empty:
         raise SystemExit(f"error: no runs under {root}")
     samples = load_samples(root)
     names = paper_names(root)
-    grid1, grid_a1, grid_a4 = (experiment_grid(f"{family}_{t}") for t in ("table1", "tableA1", "tableA4"))
+    grid1, grid_a1, grid_a4 = (experiment_grid(name) for name in experiment_names(family))
     out.mkdir(parents=True, exist_ok=True)
     t1 = table1(runs, samples, names, grid1)
     a1 = table_a1(runs, samples, names, grid1, grid_a1)
@@ -356,9 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.runs_dir.is_dir():
         parser.error(f"{args.runs_dir} is not a directory")
-    for name in ("table1", "tableA1", "tableA4"):
-        if not (EXPERIMENTS / f"{args.family}_{name}.yaml").exists():
-            parser.error(f"no experiment config {args.family}_{name}.yaml in {EXPERIMENTS}")
+    for name in experiment_names(args.family):
+        if not (EXPERIMENTS / f"{name}.yaml").exists():
+            parser.error(f"no experiment config {name}.yaml in {EXPERIMENTS}")
     for path in build(args.runs_dir, args.out or args.runs_dir / "paper", args.family):
         print(path)
     return 0

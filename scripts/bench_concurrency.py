@@ -44,7 +44,7 @@ def samples(root: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiment", default="smoke_table1")
+    parser.add_argument("--experiment", default="smoke")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 

@@ -39,7 +39,7 @@ def test_expand_takes_every_combination_of_each_sub_grid():
 
 
 def test_cells_are_the_runs_a_single_command_would_make(hydra_context, tmp_path):
-    base = ["experiment=smoke_table1", f"results_dir={tmp_path}"]
+    base = ["experiment=smoke", f"results_dir={tmp_path}"]
     cells = [{"task": "aime", "task.limit": 2, "method": "moi", "method.beta": 0.5, "sampling.temperature": 1.0,
               "seed": 1},
              {"task": "countdown", "method": "standard", "sampling.top_p": 0.5, "seed": 0}]

