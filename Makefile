@@ -15,7 +15,7 @@ ARGS ?=
 
 MODEL ?= tiny
 
-.PHONY: setup demo test test-all lint table bench bench-concurrency gpu-check serve reproduce reproduce-smoke clean
+.PHONY: setup demo test test-fast lint table bench bench-concurrency gpu-check serve reproduce reproduce-smoke clean
 
 setup: $(STAMP)
 
@@ -33,12 +33,13 @@ demo: setup
 	$(PY) -m harness.run -m experiment=demo
 	$(PY) -m harness.table results/demo
 
+# Everything, slow tests included (about 8 minutes on 2 cores); `make test-fast` skips those marked slow.
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q -m "not slow"
-
-test-all: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(PY) -m ruff check .

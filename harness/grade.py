@@ -2,12 +2,14 @@
 
     python -m harness.grade RUN_DIR [RUN_DIR ...]           # re-grade runs in place (after a grader fix)
     python -m harness.grade --task aime FILE.jsonl          # grade hand-written completions
+    python -m harness.grade --task livecodebench FILE.jsonl --data tasks/offline/lcb_v5_279.jsonl
 
 A run directory's samples are re-graded with the task's current grader and its config
 (``config.yaml``); ``samples.jsonl`` and ``summary.json`` are rewritten atomically. In the
 second form each line of FILE holds a problem's fields (as the task's loader produces them),
 a ``completion``, and optionally the ``prompt_meta`` stored with a sample (e.g. GPQA's option
-permutation); each line is printed back as JSONL with ``correct``, ``extracted`` and ``verdict``.
+permutation); with ``--data`` a line may instead name its problem by ``id``. Each line is printed
+back as JSONL with ``correct``, ``extracted`` and ``verdict``.
 """
 
 from __future__ import annotations
@@ -71,15 +73,30 @@ def regrade_run(path: Path, workers: int, timeout: float | None, progress: bool 
     return summary
 
 
-def grade_file(task_name: str, file: Path, workers: int, timeout: float | None, progress: bool = True) -> None:
-    """Grade the completions of a JSONL file and print each line with its grade."""
+def grade_file(task_name: str, file: Path, workers: int, timeout: float | None, progress: bool = True,
+               data: Path | None = None) -> None:
+    """Grade the completions of a JSONL file and print each line with its grade.
+
+    With ``data`` (a local data file of the task), a line naming a problem by ``id`` (or
+    ``problem_id``) gets that problem's fields, so it needs only the id and the completion.
+    """
     cfg = task_config(task_name)
     lines = read_jsonl(file) if file.suffix == ".jsonl" else json.loads(file.read_text())
+    by_id = {}
+    if data is not None:
+        problems, _ = get_task(task_name).load({**cfg, "data": {**cfg["data"], "path": str(data)}})
+        by_id = {p["id"]: p for p in problems}
+    problems = []
     for number, line in enumerate(lines, 1):
         if "completion" not in line:
             raise SystemExit(f"error: {file} line {number} has no 'completion' field")
+        ident = str(line.get("id", line.get("problem_id", "")))
+        if by_id and ident not in by_id:
+            raise SystemExit(f"error: {file} line {number}: problem id {ident!r} is not in {data}")
+        problems.append({**by_id.get(ident, {}), **line})
     timeout = timeout or float((cfg.get("grader") or {}).get("timeout", 30))
-    items = [(task_name, cfg, line, line["completion"], line.get("prompt_meta") or {}) for line in lines]
+    items = [(task_name, cfg, problem, line["completion"], line.get("prompt_meta") or {})
+             for problem, line in zip(problems, lines)]
     with _progress(len(items), "grade", progress) as bar:
         grades = grade_many(items, workers=workers, timeout=timeout, progress=bar)
     for line, grade in zip(lines, grades):
@@ -91,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.grade", description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, or one JSONL file with --task")
     parser.add_argument("--task", help="grade a JSONL file of completions for this task")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="with --task: a local data file; lines then need only an id and a completion")
     parser.add_argument("--workers", type=int, default=2, help="grading processes (default 2)")
     parser.add_argument("--timeout", type=float, default=None, help="hard timeout per item, seconds (default: the task's)")
     parser.add_argument("--no-progress", action="store_true")
@@ -99,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.task:
         if len(args.paths) != 1 or not args.paths[0].is_file():
             parser.error("--task takes exactly one JSONL file")
-        grade_file(args.task, args.paths[0], args.workers, args.timeout, progress)
+        grade_file(args.task, args.paths[0], args.workers, args.timeout, progress, args.data)
         return 0
     for path in args.paths:
         regrade_run(path, args.workers, args.timeout, progress)

@@ -21,11 +21,10 @@ grading pool's hard timeout is the safety net everywhere.
 
 from __future__ import annotations
 
-import re
 import threading
 
 from tasks import register
-from tasks.base import Grade, Task, final_answer_text
+from tasks.base import Grade, Task, final_answer_text, last_boxed
 from tasks.data import load_rows
 
 PROMPT = "Question: {problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -33,21 +32,6 @@ PROMPT = "Question: {problem}\n\nPlease reason step by step, and put your final 
 REFERENCE_PROMPT = PROMPT.replace("\\boxed", "\boxed")
 
 DEFAULT_FIELDS = {"id": "id", "problem": "problem", "answer": "answer"}
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, or None."""
-    for match in reversed(list(_BOXED.finditer(text))):
-        depth, begin = 0, match.end()
-        for index in range(begin, len(text)):
-            if text[index] == "{":
-                depth += 1
-            elif text[index] == "}":
-                if depth == 0:
-                    return text[begin:index]
-                depth -= 1
-    return None
 
 
 def answer_text(completion: str, meta: dict) -> str:

@@ -18,6 +18,7 @@ under ``"thinking"`` (see :func:`final_answer_text`).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -85,3 +86,20 @@ def final_answer_text(completion: str, meta: dict) -> str:
     if thinking.get("opened") or (start and start in completion):
         return ""
     return completion
+
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) with balanced braces, or None."""
+    for match in reversed(list(_BOXED.finditer(text))):
+        depth, begin = 0, match.end()
+        for index in range(begin, len(text)):
+            if text[index] == "{":
+                depth += 1
+            elif text[index] == "}":
+                if depth == 0:
+                    return text[begin:index]
+                depth -= 1
+    return None

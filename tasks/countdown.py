@@ -16,7 +16,7 @@ from collections import Counter
 from fractions import Fraction
 
 from tasks import register
-from tasks.base import Grade, Task
+from tasks.base import Grade, Task, last_boxed
 from tasks.data import load_rows
 
 PROMPT = (
@@ -38,27 +38,11 @@ class InvalidExpression(ValueError):
 
 def extract_answer(text: str) -> str | None:
     """The last ``\\boxed{...}`` if any, else the last ``<answer>...</answer>``."""
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         return boxed.strip()
     matches = _ANSWER.findall(text)
     return matches[-1].strip() if matches else None
-
-
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}``, with balanced braces."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, begin = 0, start + len("\\boxed{")
-    for index in range(begin, len(text)):
-        if text[index] == "{":
-            depth += 1
-        elif text[index] == "}":
-            if depth == 0:
-                return text[begin:index]
-            depth -= 1
-    return None
 
 
 def evaluate(expression: str) -> tuple[Fraction, list[int]]:

@@ -332,3 +332,19 @@ def test_pass_at_k_is_the_unbiased_estimator(n, c, k):
 def test_pass_at_k_averages_problems_and_skips_large_k():
     table = lcb.pass_at_k({"a": [True, False, False], "b": [False] * 4}, ks=(1, 2, 4))
     assert table == pytest.approx({"pass@1": (1 / 3 + 0) / 2, "pass@2": (2 / 3 + 0) / 2})
+
+
+def test_grade_cli_looks_problems_up_by_id(tmp_path, capsys):
+    from harness import grade
+
+    lines = [
+        {"id": "abc365_b", "completion": "```python\nn=int(input())\na=list(map(int,input().split()))\n"
+                                          "print(a.index(sorted(a)[-2])+1)\n```"},
+        {"id": "abc365_b", "completion": "```python\nprint(1)\n```"},
+    ]
+    path = tmp_path / "hand.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert grade.main(["--task", "livecodebench", str(path), "--data", "tasks/offline/lcb_v5_279.jsonl",
+                       "--no-progress"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(o["id"], o["verdict"]) for o in out] == [("abc365_b", "passed"), ("abc365_b", "wrong_answer")]

@@ -158,7 +158,9 @@ def test_writing_outside_its_directory_fails():
     target = Path(__file__).parent / f"escaped-{os.getpid()}.txt"
     try:
         verdict = judge(f"open({str(target)!r}, 'w').write('x')\nprint('ok')")
-        assert verdict.verdict == "runtime_error" and "Permission denied" in verdict.message
+        # another uid may not write there; a checkout under /tmp is not even visible (a private /tmp)
+        assert verdict.verdict == "runtime_error"
+        assert "Permission denied" in verdict.message or "No such file or directory" in verdict.message
         assert not target.exists()
     finally:
         target.unlink(missing_ok=True)

@@ -10,7 +10,6 @@ import pytest
 from harness.engines.base import Request
 from harness.moi import MixSpec
 
-pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 

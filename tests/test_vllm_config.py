@@ -8,7 +8,6 @@ from harness.config import ConfigError
 from harness.moi import MixSpec
 from harness.vllm_moi.config import MoIConfigError, check_settings, default_spec, problems, request_spec
 
-pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 

@@ -13,7 +13,6 @@ from harness.config import ConfigError
 from harness.engines.base import Request
 from harness.moi import MixSpec
 
-pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 SPECS = [

@@ -13,7 +13,6 @@ import pytest
 from harness.engines.base import Request
 from harness.moi import MixSpec
 
-pytest.importorskip("vllm")
 pytestmark = [
     pytest.mark.vllm,
     pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tensor parallelism 2 needs 2 CPU cores"),
