@@ -23,7 +23,7 @@ import yaml
 
 from harness.grading import grade_many
 from harness.run import CONFIG_DIR
-from harness.runner import with_grade, write_summary
+from harness.runner import grader_config, grading_timeout, with_grade, write_summary
 from harness.storage import RunDir, read_jsonl
 from tasks import get_task, task_names
 
@@ -61,7 +61,8 @@ def regrade_run(path: Path, workers: int, timeout: float | None, progress: bool 
     missing = sorted({s["problem_id"] for s in samples} - set(by_id))
     if missing:
         raise SystemExit(f"error: {path}: problems {missing[:5]} are not in the task's data; is it the same dataset?")
-    timeout = timeout or float((task_cfg.get("grader") or {}).get("timeout", 30))
+    grading = {"task": task_cfg, "grading": {"timeout": timeout}}
+    task_cfg, timeout = grader_config(grading), grading_timeout(grading)
     items = [(task.name, task_cfg, by_id[s["problem_id"]], s["completion"], s.get("prompt_meta") or {}) for s in samples]
     with _progress(len(items), f"grade {path.name}", progress) as bar:
         grades = grade_many(items, workers=workers, timeout=timeout, progress=bar)
@@ -94,7 +95,8 @@ def grade_file(task_name: str, file: Path, workers: int, timeout: float | None, 
         if by_id and ident not in by_id:
             raise SystemExit(f"error: {file} line {number}: problem id {ident!r} is not in {data}")
         problems.append({**by_id.get(ident, {}), **line})
-    timeout = timeout or float((cfg.get("grader") or {}).get("timeout", 30))
+    grading = {"task": cfg, "grading": {"timeout": timeout}}
+    cfg, timeout = grader_config(grading), grading_timeout(grading)
     items = [(task_name, cfg, problem, line["completion"], line.get("prompt_meta") or {})
              for problem, line in zip(problems, lines)]
     with _progress(len(items), "grade", progress) as bar:

@@ -201,13 +201,17 @@ def write_summary(run: RunDir, cfg: dict, problems: list[dict]) -> dict:
     return summary
 
 
-def _grading_settings(cells: list[Cell]) -> tuple[int, float]:
-    grading = cells[0].cfg.get("grading") or {}
-    timeouts = [
-        float((c.cfg.get("grading") or {}).get("timeout") or (c.cfg["task"].get("grader") or {}).get("timeout") or 30)
-        for c in cells
-    ]
-    return int(grading.get("workers", 2)), max(timeouts)
+def grader_config(cfg: dict) -> dict:
+    """The task config graders see: ``grading.timeout``, when set, replaces the task's own, so a
+    grader that budgets its time (LiveCodeBench) knows the hard limit it runs under."""
+    task, override = cfg["task"], (cfg.get("grading") or {}).get("timeout")
+    if override is None:
+        return task
+    return {**task, "grader": {**(task.get("grader") or {}), "timeout": override}}
+
+
+def grading_timeout(cfg: dict) -> float:
+    return float((grader_config(cfg).get("grader") or {}).get("timeout") or 30)
 
 
 def describe_plan(model: str, configs: list[dict]) -> str:
@@ -263,7 +267,8 @@ def execute(cells: list[Cell], engine: Engine | None, progress: bool = True) -> 
     total_grades = len(requests) + regrade
     if total_grades:
         log.info("%d cell(s): %d samples to generate, %d to grade", len(cells), len(requests), total_grades)
-    workers, timeout = _grading_settings(cells)
+    workers = int((cells[0].cfg.get("grading") or {}).get("workers", 2))
+    timeout = max(grading_timeout(cell.cfg) for cell in cells)
     gen_bar = tqdm(total=len(requests), desc="generate", unit="sample", disable=not progress or not requests)
     grade_bar = tqdm(total=total_grades, desc="grade", unit="sample", disable=not progress or not total_grades)
     records: dict[tuple[int, str], tuple[Cell, dict]] = {}
@@ -282,7 +287,7 @@ def execute(cells: list[Cell], engine: Engine | None, progress: bool = True) -> 
                 problem = cell.problem(record["problem_id"])
                 records[(number, record["key"])] = (cell, record)
                 pool.submit(
-                    (number, record["key"]), cell.task.name, cell.cfg["task"], problem, record["completion"],
+                    (number, record["key"]), cell.task.name, grader_config(cell.cfg), problem, record["completion"],
                     record.get("prompt_meta") or {},
                 )
 

@@ -63,6 +63,16 @@ def test_run_writes_a_complete_run_directory(tiny_model_path, tmp_path):
     again = harness_run(args)
     assert "samples to generate" not in again.stdout + again.stderr
     assert only_run(tmp_path) == run and len(raw_keys(run / "samples.jsonl")) == 6
+    # re-grading in place (e.g. after a grader fix) rewrites grades and the summary, nothing else
+    tampered = [dict(s, correct=True, verdict="stale") for s in samples]
+    (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in tampered))
+    from harness import grade
+
+    assert grade.main([str(run), "--no-progress"]) == 0
+    regraded = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert [(s["key"], s["verdict"], s["completion"]) for s in regraded] == [
+        (s["key"], s["verdict"], s["completion"]) for s in samples]
+    assert json.loads((run / "summary.json").read_text())["correct"] == summary["correct"]
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_path, tmp_path):
