@@ -12,7 +12,7 @@ from tasks import get_task
 from tasks.data import DataError
 from tasks.gpqa_diamond import extract_letter, permutation
 
-SYNTHETIC = "tests/data/gpqa_synthetic.jsonl"
+SYNTHETIC = "tests/data/synthetic_mcq.jsonl"
 SYNTHETIC_ZIP = {"zip_path": "tests/data/gpqa_synthetic.zip", "zip_password": "synthetic-password"}
 QWQ = {"start": "<think>", "end": "</think>", "opened": True}
 NEMOTRON = {"start": "<think>", "end": "</think>", "opened": False}

@@ -1,6 +1,6 @@
 """No GPQA question text in the repository: its authors ask that it never appear in plain text online.
 
-The check needs no GPQA data: ``tests/data/gpqa_fingerprints.json`` holds keyed hashes (BLAKE2b
+The check needs no GPQA data: ``tests/data/diamond_fingerprints.json`` holds keyed hashes (BLAKE2b
 with a fixed salt, 64 bits) of the word 8-grams that start every GPQA-Diamond question, and the
 SHA-256 of the dataset's canary GUID, never the text itself. Every file git would commit (tracked,
 or untracked and not ignored) is scanned for both. A run of 8 or more consecutive words of a
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FINGERPRINTS = REPO / "tests" / "data" / "gpqa_fingerprints.json"
+FINGERPRINTS = REPO / "tests" / "data" / "diamond_fingerprints.json"
 WINDOW, STRIDE, HEAD = 8, 4, 64
 _ESCAPES = re.compile(r"\\u[0-9a-fA-F]{4}|\\[nrt\"]")
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
