@@ -13,8 +13,6 @@ from pathlib import Path
 
 from harness.moi import METHODS, MixSpec
 
-METHOD_LABELS = {"standard": "Standard", "direct_mixture": "Direct Mixture", "moi": "MoI"}
-
 
 class ConfigError(ValueError):
     """A config value that cannot run; the message names it and the valid choices."""

@@ -38,11 +38,6 @@ def expand(grid: list[dict]) -> list[dict]:
     return cells
 
 
-def as_overrides(cell: dict) -> list[str]:
-    """The command-line overrides of a cell (for the record, and for compose)."""
-    return [f"{key}={value}" for key, value in cell.items()]
-
-
 def compose_cells(base_overrides: list[str], cells: list[dict]) -> list[dict]:
     """Resolved configs of the cells, composed with Hydra once per combination of groups.
 

@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from harness.grid import expand
-from harness.results import METHOD_LABELS, load_runs, load_samples, method_rank, task_columns
+from harness.results import METHOD_LABELS, clustered_se, load_runs, load_samples, method_rank, task_columns
 from harness.selection import best_cells, best_configuration
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,13 +82,6 @@ def seeds_of(cells: list[dict]) -> list[int] | None:
 
 
 # -- statistics ------------------------------------------------------------------------------------
-def clustered_se(samples: pd.DataFrame) -> float:
-    """Standard error (in %) of the mean accuracy of pooled samples, problems as the unit."""
-    per_problem = samples.groupby("problem_id")["correct"].mean()
-    n = len(per_problem)
-    return float(100 * per_problem.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
-
-
 def cell_samples(samples: pd.DataFrame, model: str, method: str, task: str, beta, temperature, top_p,
                  seeds: list[int] | None) -> pd.DataFrame:
     mask = (samples.model == model) & (samples.method == method) & (samples.task == task)

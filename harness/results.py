@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.metrics import clustered_stderr
 from harness.storage import SAMPLES, read_jsonl
 
 RUN_COLUMNS = ["model", "task", "method", "beta", "temperature", "top_p", "seed", "engine"]
@@ -76,3 +77,9 @@ def task_columns(tasks) -> list[str]:
 
 def method_rank(method: str) -> int:
     return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def clustered_se(samples: pd.DataFrame) -> float:
+    """Standard error (in percentage points) of the mean accuracy of pooled samples, problems as
+    the sampling unit (``harness.metrics.clustered_stderr``)."""
+    return 100 * clustered_stderr(samples.groupby("problem_id")["correct"].apply(list).to_dict())

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.results import METHOD_LABELS, TASK_LABELS, load_samples, method_rank, task_columns
+from harness.results import METHOD_LABELS, TASK_LABELS, clustered_se, load_samples, method_rank, task_columns
 
 ROW_KEYS = ["model", "method", "beta", "temperature", "top_p"]
 
@@ -27,15 +27,12 @@ def cell_stats(samples: pd.DataFrame) -> pd.DataFrame:
     frame = samples.copy()
     frame["beta"] = frame["beta"].astype(object).where(frame["beta"].notna(), None)
     for key, group in frame.groupby([*ROW_KEYS, "task"], dropna=False, sort=True):
-        per_problem = group.groupby("problem_id")["correct"].mean()
-        n = len(per_problem)
-        se = float(per_problem.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0
         rows.append({
             **dict(zip([*ROW_KEYS, "task"], key)),
             "accuracy": 100.0 * float(group["correct"].mean()),
-            "stderr": 100.0 * se,
+            "stderr": clustered_se(group),
             "n_samples": len(group),
-            "n_problems": n,
+            "n_problems": group["problem_id"].nunique(),
             "n_runs": group["run"].nunique(),
         })
     return pd.DataFrame(rows)

@@ -45,7 +45,7 @@ def test_cells_are_the_runs_a_single_command_would_make(hydra_context, tmp_path)
              {"task": "countdown", "method": "standard", "sampling.top_p": 0.5, "seed": 0}]
     configs = grid.compose_cells(base, cells)
     for cfg, cell in zip(configs, cells):
-        single = composed(base + ["grid=null"] + grid.as_overrides(cell))
+        single = composed(base + ["grid=null"] + [f"{key}={value}" for key, value in cell.items()])
         assert run_config.run_dir(cfg) == run_config.run_dir(single)
         assert cfg == {**single, "grid": None, "derive": None}
     assert configs[0]["method"]["beta"] == 0.5 and configs[0]["sampling"]["temperature"] == 1.0
