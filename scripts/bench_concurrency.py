@@ -25,7 +25,7 @@ def configs(experiment: str, overrides: list[str], results_dir: Path) -> list[di
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from harness.grid import compose_cells, expand
+    from harness.pipeline.grid import compose_cells, expand
 
     base = [f"experiment={experiment}", f"results_dir={results_dir}", "progress=false", *overrides]
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
@@ -48,8 +48,7 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    from harness.run import get_engine, release_engine
-    from harness.runner import execute, prepare
+    from harness.pipeline.runner import execute, get_engine, prepare, release_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         one_by_one, together = Path(tmp) / "one_by_one", Path(tmp) / "together"

@@ -19,9 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harness.grading import GradingPool  # noqa: E402
+from harness.tasks import get_task  # noqa: E402
+
+from harness.pipeline.grading import GradingPool  # noqa: E402
 from harness.sandbox import layers  # noqa: E402
-from tasks import get_task  # noqa: E402
 
 STDIN_TEMPLATE = "import sys\nANSWERS = {table!r}\nsys.stdout.write(ANSWERS[sys.stdin.read()])\n"
 FUNCTIONAL_TEMPLATE = (

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harness.engines.base import Request  # noqa: E402
-from harness.moi import MixSpec  # noqa: E402
+from harness.methods.mixing import MixSpec  # noqa: E402
 
 SPECS = [
     MixSpec(),
@@ -53,9 +53,9 @@ def requests() -> list[Request]:
 def equivalence(mode: str, json_path: str | None) -> int:
     import torch
 
-    from harness import tiny
     from harness.engines.transformers_engine import TransformersEngine
-    from harness.engines.vllm_engine import VLLMEngine
+    from harness.engines.vllm.engine import VLLMEngine
+    from harness.models import tiny
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     folder = tiny.ensure(REPO / ".cache" / "models" / "tiny")

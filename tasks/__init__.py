@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from tasks.base import Grade, Task, final_answer_text
+from harness.tasks.base import Grade, Task, final_answer_text
 
 __all__ = ["Grade", "Task", "final_answer_text", "get_task", "register", "task_names"]
 

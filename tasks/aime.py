@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import threading
 
-from tasks import register
-from tasks.base import Grade, Task, final_answer_text, last_boxed
-from tasks.data import load_rows
+from harness.tasks import register
+from harness.tasks.base import Grade, Task, final_answer_text, last_boxed
+from harness.tasks.data import load_rows
 
 PROMPT = "Question: {problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 # The reference script's prompt: "\b" in a plain string is a backspace, so "\boxed" became "\x08oxed".

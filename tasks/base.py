@@ -1,6 +1,6 @@
 """The task interface: a task is its data, its prompt and its grader.
 
-A task module defines one subclass of :class:`Task` decorated with :func:`tasks.register`, and
+A task module defines one subclass of :class:`Task` decorated with :func:`harness.tasks.register`, and
 ``configs/task/NAME.yaml`` holds its data settings (hub id, revision, split, local path,
 prompt variant, grader settings, version). Tasks are pure: no global state, no global RNG.
 

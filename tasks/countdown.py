@@ -15,9 +15,9 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from tasks import register
-from tasks.base import Grade, Task, last_boxed
-from tasks.data import load_rows
+from harness.tasks import register
+from harness.tasks.base import Grade, Task, last_boxed
+from harness.tasks.data import load_rows
 
 PROMPT = (
     "Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "

@@ -11,9 +11,8 @@ import hashlib
 import json
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """Missing or unreadable data, with a message that says what to do."""
+from harness.errors import DataError
+from harness.hub import commit_in_path, dataset_commit
 
 
 def sha256_file(path: str | Path) -> str:
@@ -24,17 +23,19 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# The folder that holds this package (the checkout, or ``site-packages/harness`` once installed),
+# so configs can name the offline files shipped with it as ``tasks/offline/...``.
+PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
 
 def local_path(path: str | Path) -> Path:
     """A data file path: as given (absolute, or relative to the working directory), else relative
-    to the project's root, so configs can name the offline files shipped in ``tasks/offline/``."""
+    to the folder holding this package, so ``tasks/offline/FILE`` works from any directory."""
     given = Path(path).expanduser()
     if given.is_file() or given.is_absolute():
         return given
-    in_repo = REPO_ROOT / given
-    return in_repo if in_repo.is_file() else given
+    shipped = PACKAGE_PARENT / given
+    return shipped if shipped.is_file() else given
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -70,16 +71,6 @@ def file_source(path: str | Path) -> dict:
     return {"kind": "file", "path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
-def hub_revision(dataset_id: str, revision: str | None) -> str | None:
-    """The commit a hub dataset revision resolves to, or None when the hub cannot be reached."""
-    try:
-        from huggingface_hub import HfApi
-
-        return HfApi().dataset_info(dataset_id, revision=revision).sha
-    except Exception:
-        return None
-
-
 def load_hub_rows(dataset_id: str, split: str, revision: str | None = None, config: str | None = None) -> tuple[list[dict], dict]:
     """Rows of a hub dataset and its source record. Raises DataError with advice when offline."""
     try:
@@ -98,7 +89,7 @@ def load_hub_rows(dataset_id: str, split: str, revision: str | None = None, conf
         "config": config,
         "split": split,
         "revision": revision,
-        "resolved_revision": _resolved_from_cache(ds) or hub_revision(dataset_id, revision),
+        "resolved_revision": _resolved_from_cache(ds) or dataset_commit(dataset_id, revision),
     }
     return [dict(row) for row in ds], source
 
@@ -106,9 +97,9 @@ def load_hub_rows(dataset_id: str, split: str, revision: str | None = None, conf
 def _resolved_from_cache(ds) -> str | None:
     """The commit hash in a downloaded dataset's cache path, if it has one."""
     for entry in getattr(ds, "cache_files", None) or []:
-        for part in Path(entry.get("filename", "")).parts:
-            if len(part) == 40 and all(c in "0123456789abcdef" for c in part):
-                return part
+        commit = commit_in_path(entry.get("filename", ""))
+        if commit:
+            return commit
     return None
 
 

@@ -26,9 +26,11 @@ import io
 import re
 import zipfile
 
-from tasks import register
-from tasks.base import Grade, Task, final_answer_text
-from tasks.data import DataError, file_source, load_rows, local_path
+from harness.tasks import register
+from harness.tasks.base import Grade, Task, final_answer_text
+from harness.tasks.data import file_source, load_rows, local_path
+
+from harness.errors import DataError
 
 LETTERS = "ABCD"
 PROMPTS = {

@@ -30,9 +30,12 @@ import re
 import zlib
 from datetime import datetime
 
-from tasks import register
-from tasks.base import Grade, Task, final_answer_text
-from tasks.data import DataError, file_source, hub_revision, read_rows
+from harness.tasks import register
+from harness.tasks.base import Grade, Task, final_answer_text
+from harness.tasks.data import file_source, read_rows
+
+from harness.errors import DataError
+from harness.hub import commit_in_path, dataset_commit
 
 HUB_ID = "livecodebench/code_generation_lite"
 _FILES = ["test.jsonl"] + [f"test{n}.jsonl" for n in range(2, 7)]
@@ -153,14 +156,13 @@ def _release_rows(data: dict) -> tuple[list[dict], dict]:
             "access, use the offline file: task.data.path=tasks/offline/lcb_v5_279.jsonl (public tests only)"
         ) from None
     rows = [row for path in paths for row in read_rows(path)]
-    snapshot = [part for part in paths[0].split("/") if len(part) == 40 and all(c in "0123456789abcdef" for c in part)]
     source = {
         "kind": "hub",
         "id": hub,
         "release": release,
         "files": RELEASES[release],
         "revision": revision,
-        "resolved_revision": snapshot[-1] if snapshot else hub_revision(hub, revision),
+        "resolved_revision": commit_in_path(paths[0]) or dataset_commit(hub, revision),
     }
     return rows, source
 
@@ -252,22 +254,6 @@ def grade_code(code: str | None, problem: dict, cfg: dict) -> Grade:
     details = verdict.to_dict()
     del details["verdict"]
     return Grade(verdict.passed, code, verdict.verdict, details)
-
-
-def pass_at_k(correct_by_problem: dict[str, list[bool]], ks=(1, 5, 10)) -> dict[str, float]:
-    """Mean unbiased pass@k over problems (1 - C(n-c, k) / C(n, k) each), for every k that no
-    problem has fewer samples than."""
-    from harness.metrics import pass_at_k as estimate
-
-    if not correct_by_problem:
-        return {}
-    fewest = min(len(v) for v in correct_by_problem.values())
-    return {
-        f"pass@{k}": sum(estimate(len(v), sum(map(bool, v)), k) for v in correct_by_problem.values())
-        / len(correct_by_problem)
-        for k in ks
-        if k <= fewest
-    }
 
 
 @register

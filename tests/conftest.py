@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> str:
     """A folder holding the tiny random-weight Qwen2 model (built offline, deterministic)."""
-    from harness import tiny
+    from harness.models import tiny
 
     return str(tiny.ensure(tmp_path_factory.mktemp("models") / "tiny"))
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from tasks import get_task
-from tasks.aime import PROMPT, REFERENCE_PROMPT, last_boxed
+from harness.tasks import get_task
+from harness.tasks.aime import PROMPT, REFERENCE_PROMPT, last_boxed
 
 OFFLINE = {"data": {"path": "tasks/offline/aime24.jsonl"}, "grader": {"math_verify_timeout": 5}}
 QWQ = {"thinking": {"start": "<think>", "end": "</think>", "opened": True}}  # the template opened <think>

@@ -9,10 +9,9 @@ import time
 from fractions import Fraction
 
 import pytest
-
-from tasks import get_task
-from tasks.countdown import PROMPT, evaluate, extract_answer, score
-from tasks.data import REPO_ROOT
+from harness.tasks import get_task
+from harness.tasks.countdown import PROMPT, evaluate, extract_answer, score
+from harness.tasks.data import PACKAGE_PARENT as REPO_ROOT
 
 PUZZLES = [json.loads(line) for line in (REPO_ROOT / "tasks/offline/countdown4_256.jsonl").read_text().splitlines()[:40]]
 

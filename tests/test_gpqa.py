@@ -7,12 +7,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from harness.tasks import get_task
+from harness.tasks.gpqa_diamond import extract_letter, permutation
 
-from tasks import get_task
-from tasks.data import DataError
-from tasks.gpqa_diamond import extract_letter, permutation
+from harness.errors import DataError
 
-SYNTHETIC = "tests/data/synthetic_mcq.jsonl"
+SYNTHETIC = "tasks/offline/mcq_synthetic.jsonl"
 SYNTHETIC_ZIP = {"zip_path": "tests/data/gpqa_synthetic.zip", "zip_password": "synthetic-password"}
 QWQ = {"start": "<think>", "end": "</think>", "opened": True}
 NEMOTRON = {"start": "<think>", "end": "</think>", "opened": False}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from harness.grading import GradingPool
+from harness.pipeline.grading import GradingPool
 
 # math-verify's own (signal) timeouts off: only the pool's hard timeout can stop it.
 CFG = {"grader": {"math_verify_timeout": None}}

@@ -8,9 +8,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from harness import config as run_config
-from harness import grid
-from harness import run as harness_run
+from harness.analysis.selection import derived_choices
+from harness.errors import ConfigError
+from harness.pipeline import grid, runner
+from harness.pipeline.identity import run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def test_cells_are_the_runs_a_single_command_would_make(hydra_context, tmp_path)
     configs = grid.compose_cells(base, cells)
     for cfg, cell in zip(configs, cells):
         single = composed(base + ["grid=null"] + [f"{key}={value}" for key, value in cell.items()])
-        assert run_config.run_dir(cfg) == run_config.run_dir(single)
+        assert run_dir(cfg) == run_dir(single)
         assert cfg == {**single, "grid": None, "derive": None}
     assert configs[0]["method"]["beta"] == 0.5 and configs[0]["sampling"]["temperature"] == 1.0
     assert configs[1]["task"]["name"] == "countdown" and configs[1]["sampling"]["top_p"] == 0.5
@@ -56,20 +57,20 @@ def test_cells_are_the_runs_a_single_command_would_make(hydra_context, tmp_path)
 
 def test_a_grid_runs_in_one_engine_each_cell_in_its_own_directory(hydra_context, tmp_path, tiny_model_path, monkeypatch):
     loads = []
-    real = harness_run.engine_class
+    real = runner.engine_class
 
     def counting(name):
         cls = real(name)
         loads.append(name)
         return cls
 
-    monkeypatch.setattr(harness_run, "engine_class", counting)
-    harness_run.release_engine()
+    monkeypatch.setattr(runner, "engine_class", counting)
+    runner.release_engine()
     base = [f"model.path={tiny_model_path}", f"results_dir={tmp_path}", "task.data.path=tasks/offline/countdown4_256.jsonl",
             "task.limit=2", "sampling.max_tokens=8", "progress=false"]
     cells = grid.expand([{"method": ["standard", "moi"], "method.beta": [0.5, 2], "seed": [0, 1]}])
-    summaries = harness_run.run(grid.compose_cells(base, cells))
-    harness_run.release_engine()
+    summaries = runner.run(grid.compose_cells(base, cells))
+    runner.release_engine()
     assert loads == ["transformers"]
     assert len(summaries) == 6  # Standard ignores beta: its cells collapse to one run per seed
     runs = sorted(p.parent.name.rsplit("_", 2)[0] for p in tmp_path.rglob("summary.json"))
@@ -88,12 +89,12 @@ def test_derived_cells_take_each_methods_best_configuration(write_run, tmp_path)
             write_run(tmp_path, model="tiny", task=task, method="standard", temperature=temperature, correct=outcomes)
     cfg = {"model": {"name": "tiny"}, "results_dir": str(tmp_path), "sampling": {"temperature": 0.6, "top_p": 0.95},
            "derive": {"source": None, "over": ["aime", "countdown"], "methods": ["standard", "moi"]}}
-    cells = grid.derive_cells(cfg, [{"task": "gpqa_diamond", "seed": 0}])
+    choices = derived_choices(cfg["derive"], cfg["model"]["name"], cfg["results_dir"], cfg["sampling"])
+    cells = grid.derive_cells([{"task": "gpqa_diamond", "seed": 0}], choices)
     assert cells == [
         {"task": "gpqa_diamond", "seed": 0, "method": "standard", "sampling.temperature": 1.0, "sampling.top_p": 0.95},
         {"task": "gpqa_diamond", "seed": 0, "method": "moi", "sampling.temperature": 0.6, "sampling.top_p": 0.95,
          "method.beta": 2.0},
     ]
-    cfg["model"]["name"] = "other"
-    with pytest.raises(ValueError, match="derive: no complete runs of model other with method standard"):
-        grid.derive_cells(cfg, [{"task": "gpqa_diamond"}])
+    with pytest.raises(ConfigError, match="derive: no complete runs of model other with method standard"):
+        derived_choices(cfg["derive"], "other", cfg["results_dir"], cfg["sampling"])

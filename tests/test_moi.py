@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from harness import moi
-from harness.moi import DIRECT_MIXTURE, MOI, STANDARD, MixSpec
+from harness.methods import mixing as moi
+from harness.methods.mixing import DIRECT_MIXTURE, MOI, STANDARD, MixSpec
 
 V = 50
 

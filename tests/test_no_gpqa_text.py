@@ -176,7 +176,7 @@ def test_fingerprints_match_the_archive():
 
 
 def _read_archive(path: Path) -> list[dict]:
-    from tasks.gpqa_diamond import read_zip_csv
+    from harness.tasks.gpqa_diamond import read_zip_csv
 
     return read_zip_csv(str(path), "dataset/gpqa_diamond.csv", "deserted-untie-orchid")
 

@@ -9,7 +9,7 @@ import pytest
 
 from harness.engines import openai_engine
 from harness.engines.base import Request
-from harness.moi import MixSpec
+from harness.methods.mixing import MixSpec
 
 
 def make_engine(handler, monkeypatch, **cfg) -> openai_engine.OpenAIEngine:

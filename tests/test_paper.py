@@ -7,9 +7,12 @@ import math
 import pandas as pd
 import pytest
 
-from harness import paper
-from harness.results import load_runs
-from harness.selection import best_cells, best_configuration
+from harness.analysis import paper
+from harness.analysis.runs import load_runs, load_samples
+from harness.analysis.selection import best_configuration, best_per_task
+from harness.cli.paper import experiments
+
+GRIDS = experiments("paper")
 
 AIME = {  # (method, beta, temperature): per-seed outcomes of problems p0..p3
     ("standard", None, 0.6): [[1, 0, 0, 0], [1, 1, 0, 0]],   # 37.5
@@ -53,7 +56,7 @@ def by_key(frame, *columns):
 
 
 def test_best_cells_and_tie_breaking(runs):
-    chosen = by_key(best_cells(load_runs(runs)), "method", "task")
+    chosen = by_key(best_per_task(load_runs(runs)), "method", "task")
     assert (chosen[("standard", "aime")].temperature, chosen[("standard", "aime")].accuracy) == (0.8, 0.625)
     assert (chosen[("moi", "aime")].beta, chosen[("moi", "aime")].accuracy) == (0.5, 0.75)  # ties beta 2
     assert (chosen[("moi", "countdown")].beta, chosen[("moi", "countdown")].n_seeds) == (1.0, 2)
@@ -73,7 +76,7 @@ def test_best_configuration_over_tasks(runs):
 def test_table1_selects_in_the_grid_with_standard_errors(runs):
     frame = load_runs(runs)
     names = paper.paper_names(runs)
-    t1 = by_key(paper.table1(frame, paper.load_samples(runs), names, paper.experiment_grid("paper_table1")),
+    t1 = by_key(paper.table1(frame, load_samples(runs), names, GRIDS.table1),
                 "method", "task")
     moi_aime = t1[("moi", "aime")]
     assert (moi_aime.model, moi_aime.accuracy, moi_aime.beta, moi_aime.temperature) == ("QwQ-32B", 75.0, 0.5, 0.6)
@@ -84,16 +87,16 @@ def test_table1_selects_in_the_grid_with_standard_errors(runs):
     assert (std_cd.accuracy, std_cd.stderr, std_cd.paper, std_cd.within_2se) == (100.0, 0.0, 79.25, False)
     assert t1[("moi", "gpqa_diamond")].accuracy == 75.0  # the grid's beta-1 cell, not the beta-2 run
     assert pd.isna(t1[("direct_mixture", "aime")].beta)
-    layout = paper.table1_layout(paper.table1(frame, paper.load_samples(runs), names,
-                                              paper.experiment_grid("paper_table1")))
+    layout = paper.table1_layout(paper.table1(frame, load_samples(runs), names,
+                                              GRIDS.table1))
     assert "| QwQ-32B | MoI | 75.00 (80.00) | 100.00 (80.01) | 75.00 (60.10) | 83.33 |" in layout
     assert "| QwQ-32B | Gain vs. Standard | +12.50 | +0.00 | +25.00 | +12.50 |" in layout
 
 
 def test_table_a1_transfers_the_selected_configuration(runs):
     frame = load_runs(runs)
-    a1 = by_key(paper.table_a1(frame, paper.load_samples(runs), paper.paper_names(runs),
-                               paper.experiment_grid("paper_table1"), paper.experiment_grid("paper_tableA1")),
+    a1 = by_key(paper.table_a1(frame, load_samples(runs), paper.paper_names(runs),
+                               GRIDS.table1, GRIDS.table_a1),
                 "method", "task")
     # MoI's best mean over AIME + CountDown4 is beta 1 (75), so GPQA is read at beta 1, not its best (beta 2)
     assert [a1[("moi", t)].accuracy for t in ("aime", "countdown", "gpqa_diamond")] == [50.0, 100.0, 75.0]
@@ -103,8 +106,8 @@ def test_table_a1_transfers_the_selected_configuration(runs):
 
 
 def test_table_a4_mean_and_sd_across_seeds(runs):
-    a4 = by_key(paper.table_a4(load_runs(runs), paper.paper_names(runs), paper.experiment_grid("paper_table1"),
-                               paper.experiment_grid("paper_tableA4")), "method")
+    a4 = by_key(paper.table_a4(load_runs(runs), paper.paper_names(runs), GRIDS.table1,
+                               GRIDS.table_a4), "method")
     standard = a4[("standard",)]
     assert (standard.n_seeds, standard.mean) == (2, 37.5)
     assert standard.sd == pytest.approx(math.sqrt(((25 - 37.5) ** 2 + (50 - 37.5) ** 2) / 1))
@@ -112,7 +115,7 @@ def test_table_a4_mean_and_sd_across_seeds(runs):
 
 
 def test_figure3_deviation_from_the_task_mean(runs):
-    data = by_key(paper.figure3_data(load_runs(runs), paper.experiment_grid("paper_table1")), "task", "beta")
+    data = by_key(paper.figure3_data(load_runs(runs)[paper.in_grid(load_runs(runs), GRIDS.table1)]), "task", "beta")
     assert data[("aime", 0.5)].deviation == pytest.approx(75 - 200 / 3)
     assert data[("aime", 1.0)].deviation == pytest.approx(50 - 200 / 3)
     assert data[("countdown", 1.0)].deviation == pytest.approx(100 - 175 / 3)
@@ -121,17 +124,17 @@ def test_figure3_deviation_from_the_task_mean(runs):
 
 def test_mcnemar_pairs_samples(runs):
     frame = load_runs(runs)
-    samples = paper.load_samples(runs)
+    samples = load_samples(runs)
     names = paper.paper_names(runs)
-    grid = paper.experiment_grid("paper_table1")
+    grid = GRIDS.table1
     tests = by_key(paper.mcnemar_table(paper.table1(frame, samples, names, grid), samples, names, grid), "task")
     aime = tests[("aime",)]  # MoI beta 0.5 vs Standard T 0.8: only seed 1 problem p2 differs
     assert (aime.pairs, aime.moi_only, aime.standard_only, aime.p_value) == (8, 1, 0, 1.0)
 
 
 def test_outputs_are_byte_identical(runs, tmp_path):
-    first = paper.build(runs, tmp_path / "one")
-    second = paper.build(runs, tmp_path / "two")
+    first = paper.build(runs, tmp_path / "one", GRIDS)
+    second = paper.build(runs, tmp_path / "two", GRIDS)
     assert [p.name for p in first] == [p.name for p in second]
     assert {"table1.csv", "tableA1.csv", "tableA4.csv", "mcnemar.csv", "figure3.csv", "tables.md", "figure3.png"} <= {
         p.name for p in first}

@@ -66,7 +66,7 @@ def test_run_writes_a_complete_run_directory(tiny_model_path, tmp_path):
     # re-grading in place (e.g. after a grader fix) rewrites grades and the summary, nothing else
     tampered = [dict(s, correct=True, verdict="stale") for s in samples]
     (run / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in tampered))
-    from harness import grade
+    from harness.cli import grade
 
     assert grade.main([str(run), "--no-progress"]) == 0
     regraded = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
@@ -136,7 +136,8 @@ def compose(overrides: list[str]) -> dict:
     ],
 )
 def test_bad_values_are_named_with_the_valid_choices(override, message):
-    from harness.config import ConfigError, validate
+    from harness.errors import ConfigError
+    from harness.pipeline.config import validate
 
     with pytest.raises(ConfigError) as err:
         validate(compose(override))

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 
 from harness import sandbox
-from harness.sandbox import Limits, compare_stdout, compare_values, layers, run_program, run_tests
+from harness.sandbox import (
+    Limits,
+    child,
+    compare_stdout,
+    compare_values,
+    layers,
+    process,
+    run_program,
+    run_tests,
+)
 
 LIMITS = Limits(time_s=1, wall_slack_s=0.5, memory_mb=256, output_mb=8)
 ROOT = os.geteuid() == 0
@@ -31,7 +40,7 @@ def sandbox_processes() -> list[int]:
     """Sandboxed processes (even dead ones not yet reaped) that are this process's children or
     grandchildren, or orphans: those of other test runs on the same machine are not counted."""
     ours = {os.getpid(), 1}
-    found = [pid for uid in range(sandbox.UID_BASE, sandbox.UID_BASE + sandbox.SLOTS) for pid, _ in sandbox._processes_of(uid)]
+    found = [pid for uid in range(sandbox.UID_BASE, sandbox.UID_BASE + sandbox.SLOTS) for pid, _ in process._processes_of(uid)]
     return [pid for pid in found if parent_of(pid) in ours or parent_of(parent_of(pid)) == os.getpid()]
 
 
@@ -65,7 +74,7 @@ def test_layers_probe_finds_a_working_sandbox():
     assert os.path.exists(found.python)
     assert found.setuid == ROOT
     if found.seccomp:
-        assert sandbox._arch() is not None
+        assert child.arch() is not None
 
 
 @pytest.mark.skipif(not ROOT, reason="the uid layer needs root")
@@ -134,7 +143,7 @@ def test_subprocesses_are_refused():
 
 @pytest.mark.skipif(not ROOT, reason="RLIMIT_NPROC binds only on a uid of the sandbox's own")
 def test_without_seccomp_forks_are_bounded_and_killed_afterwards():
-    run = sandbox._run(FORK_BOMB, "", LIMITS, None, replace(layers(), seccomp=False))
+    run = process._run(FORK_BOMB, "", LIMITS, None, replace(layers(), seccomp=False))
     assert run.status == "runtime_error" and "Resource temporarily unavailable" in run.message
     # the autouse fixture checks that the children (in sessions of their own) were killed
 
@@ -233,7 +242,7 @@ def test_no_socket_to_localhost(listener):
 
 @pytest.mark.skipif(not layers().netns, reason="no network namespace here")
 def test_the_network_namespace_alone_blocks_localhost(listener):
-    run = sandbox._run(connects(listener.getsockname()[1]), "", LIMITS, None, replace(layers(), seccomp=False))
+    run = process._run(connects(listener.getsockname()[1]), "", LIMITS, None, replace(layers(), seccomp=False))
     assert run.status == "runtime_error" and "unreachable" in run.message
     with pytest.raises(socket.timeout):
         listener.accept()
@@ -349,5 +358,5 @@ def test_tests_are_required():
 
 def test_seccomp_filter_is_well_formed():
     for arch in ("x86_64", "aarch64"):
-        program = sandbox.seccomp_filter(arch, 1234)
+        program = child.seccomp_filter(arch, 1234)
         assert len(program) % 8 == 0 and len(program) // 8 < 256

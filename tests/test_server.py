@@ -174,8 +174,8 @@ def test_lm_evaluation_harness_decodes_with_moi_through_the_server(tiny_model_pa
     assert set(lm_eval_out) == set(QUESTIONS)
 
     from harness.engines.base import Request
-    from harness.engines.vllm_engine import VLLMEngine
-    from harness.moi import MixSpec
+    from harness.engines.vllm.engine import VLLMEngine
+    from harness.methods.mixing import MixSpec
 
     engine = VLLMEngine({"name": "tiny", "path": tiny_model_path, "dtype": "float32", "max_model_len": 4096},
                         {"enforce_eager": True, "kv_cache_memory_bytes": 134217728, "max_num_seqs": 16})

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+from math import comb
 from pathlib import Path
 
 import pytest
 
-from harness import table
-from harness.metrics import clustered_stderr, pass_at_k
+from harness.analysis import table
+from harness.cli.table import main as table_main
+from harness.stats import clustered_stderr, pass_at_k, summarize
 from harness.storage import RunDir, read_jsonl
 
 
@@ -60,11 +63,28 @@ def test_cells_gain_and_layout(runs):
 
 def test_table_files_are_byte_identical_across_runs(runs, tmp_path):
     out1, out2 = tmp_path / "one", tmp_path / "two"
-    assert table.main([str(runs), "--out", str(out1)]) == 0
-    assert table.main([str(runs), "--out", str(out2)]) == 0
+    assert table_main([str(runs), "--out", str(out1)]) == 0
+    assert table_main([str(runs), f"out={out2}"]) == 0
     for name in ("table.md", "table.csv"):
         assert (out1 / name).read_bytes() == (out2 / name).read_bytes()
     assert "gain_vs_standard" in (out1 / "table.csv").read_text()
+
+
+def brute_force_pass_at_k(results: list[bool], k: int) -> float:
+    subsets = list(itertools.combinations(results, k))
+    return sum(any(s) for s in subsets) / len(subsets)
+
+
+@pytest.mark.parametrize(("n", "c", "k"), [(5, 2, 1), (5, 2, 2), (6, 1, 3), (4, 0, 2), (4, 4, 4), (10, 3, 5)])
+def test_pass_at_k_equals_the_brute_force_count(n, c, k):
+    results = [True] * c + [False] * (n - c)
+    assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(results, k))
+    assert pass_at_k(n, c, k) == pytest.approx(1 - comb(n - c, k) / comb(n, k))
+
+
+def test_summaries_average_pass_at_k_over_problems():
+    samples = [{"problem_id": p, "correct": ok} for p, oks in (("a", [1, 0, 0, 0]), ("b", [0, 0, 0, 0])) for ok in oks]
+    assert summarize(samples)["pass_at_k"] == pytest.approx({"1": (1 / 4 + 0) / 2, "2": (1 / 2 + 0) / 2, "4": 0.5})
 
 
 def test_pass_at_k_is_the_unbiased_estimator():

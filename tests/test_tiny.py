@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from harness import tiny
+from harness.models import tiny
 
 
 def test_build_is_deterministic(tiny_model_path, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from harness.engines.base import Request
 from harness.engines.transformers_engine import TransformersEngine
-from harness.moi import MixSpec
+from harness.methods.mixing import MixSpec
 
 PROMPTS = [
     "Using the numbers [3, 5, 7, 11], create an equation",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import ConfigError
-from harness.moi import MixSpec
-from harness.vllm_moi.config import MoIConfigError, check_settings, default_spec, problems, request_spec
+from harness.engines.vllm.settings import MoIConfigError, check_settings, default_spec, problems, request_spec
+from harness.errors import ConfigError
+from harness.methods.mixing import MixSpec
 
 pytestmark = pytest.mark.vllm
 
@@ -50,7 +50,7 @@ def test_validator_refuses_malformed_requests_only():
     from vllm import SamplingParams
     from vllm.exceptions import VLLMValidationError
 
-    from harness.vllm_moi.validator import MoIValidator
+    from harness.engines.vllm.validator import MoIValidator
 
     MoIValidator.validate_params(SamplingParams())
     MoIValidator.validate_params(SamplingParams(extra_args={"moi_method": "moi", "moi_beta": "2.5"}))
@@ -89,8 +89,8 @@ def test_safe_settings_pass():
 
 
 def test_engine_arguments(tiny_model_cfg, monkeypatch):
-    from harness.engines.vllm_engine import engine_args, precheck
-    from harness.vllm_moi import ENGINE_ARGS
+    from harness.engines.vllm import ENGINE_ARGS
+    from harness.engines.vllm.engine import engine_args, precheck
 
     args = engine_args(tiny_model_cfg, {"name": "vllm", "max_num_seqs": 8, "seed": None, "extra": {"swap_space": 1}},
                        "/m")

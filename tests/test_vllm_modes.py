@@ -12,7 +12,7 @@ import os
 import pytest
 
 from harness.engines.base import Request
-from harness.moi import MixSpec
+from harness.methods.mixing import MixSpec
 
 pytestmark = pytest.mark.vllm
 SPECS = [MixSpec(), MixSpec("direct_mixture"), MixSpec("moi", 0.5), MixSpec("moi", 2.0),
@@ -23,7 +23,7 @@ def vllm_and_transformers(model_cfg: dict, engine_cfg: dict, n_requests: int, ma
     """The same greedy requests through vLLM (with ``engine_cfg``) and transformers:
     ``(requests, vllm completions, transformers completions, vLLM engine info)``."""
     from harness.engines.transformers_engine import TransformersEngine
-    from harness.engines.vllm_engine import VLLMEngine
+    from harness.engines.vllm.engine import VLLMEngine
 
     requests = [
         Request(id=str(i), prompt="the answer number is " * (i + 1), mix=SPECS[i % len(SPECS)], temperature=0,

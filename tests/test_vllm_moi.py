@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.config import ConfigError
 from harness.engines.base import Request
-from harness.moi import MixSpec
+from harness.errors import ConfigError
+from harness.methods.mixing import MixSpec
 
 pytestmark = pytest.mark.vllm
 
@@ -62,7 +62,7 @@ def reference(tiny_model_cfg):
 
 @pytest.fixture(scope="module")
 def engine(tiny_model_cfg):
-    from harness.engines.vllm_engine import VLLMEngine
+    from harness.engines.vllm.engine import VLLMEngine
 
     engine = VLLMEngine(tiny_model_cfg, {"enforce_eager": True, "kv_cache_memory_bytes": 64 << 20, "max_num_seqs": 64})
     yield engine
@@ -72,7 +72,7 @@ def engine(tiny_model_cfg):
 @pytest.fixture(scope="module")
 def squeezed(tiny_model_cfg):
     """4 rows, 64 tokens per step, 5 KV blocks of 128 tokens; default spec MoI beta=1."""
-    from harness.engines.vllm_engine import VLLMEngine
+    from harness.engines.vllm.engine import VLLMEngine
 
     model_cfg = {**tiny_model_cfg, "max_model_len": 512}
     engine = VLLMEngine(
@@ -190,7 +190,7 @@ def test_malformed_request_is_refused_and_engine_goes_on(engine):
 
 
 def test_refused_config_fails_with_one_line(tiny_model_cfg):
-    from harness.engines.vllm_engine import VLLMEngine
+    from harness.engines.vllm.engine import VLLMEngine
 
     with pytest.raises(ConfigError) as err:
         VLLMEngine(tiny_model_cfg, {"enable_prefix_caching": True})
@@ -202,8 +202,8 @@ def test_worker_refuses_prefix_caching_for_any_vllm_tool(tiny_model_path):
     """Without the harness engine's pre-check, the worker itself refuses (any vLLM tool)."""
     from vllm import LLM
 
-    from harness.vllm_moi import ENGINE_ARGS
-    from harness.vllm_moi.config import MoIConfigError
+    from harness.engines.vllm import ENGINE_ARGS
+    from harness.engines.vllm.settings import MoIConfigError
 
     with pytest.raises(MoIConfigError, match="enable_prefix_caching"):
         LLM(model=tiny_model_path, max_model_len=256, enforce_eager=True, distributed_executor_backend="uni",

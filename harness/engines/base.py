@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from harness.moi import MixSpec
+from harness.methods import MixSpec
 
 FINISH_REASONS = ("stop", "length")
 

@@ -1,6 +1,6 @@
 """The transformers reference engine: a plain batched decode loop, the oracle for the vLLM engine.
 
-Every step feeds the model ``inputs_embeds`` built by :mod:`harness.moi`: the embedding of the
+Every step feeds the model ``inputs_embeds`` built by :mod:`harness.methods`: the embedding of the
 sampled token for Standard rows, the mixture for Direct Mixture and MoI rows. fp32 and
 deterministic; each request samples from its own seeded generator, so its output does not
 depend on what else is in the batch. Prompts are left-padded; finished rows leave the batch.
@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from harness import moi
 from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt
+from harness.methods import mixing
 from harness.models import resolve_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -163,11 +163,11 @@ class TransformersEngine(Engine):
         """Input embeddings for the next step: plain for Standard rows, mixed for the others."""
         inputs = self.embed(sampled)
         specs = [row.request.mix for row in rows]
-        for members in moi.group_rows(specs).values():
+        for members in mixing.group_rows(specs).values():
             index = torch.tensor(members, device=self.device)
             group_specs = [specs[m] for m in members]
-            support = moi.support_of(logits[index], group_specs[0])
-            mixed = moi.mixed_inputs(support, sampled[index], group_specs, self.embed, self.embed.weight)
+            support = mixing.support_of(logits[index], group_specs[0])
+            mixed = mixing.mixed_inputs(support, sampled[index], group_specs, self.embed, self.embed.weight)
             if group_specs[0].support == "full":  # the dense product skips a scaled embedding's factor
                 mixed = mixed * getattr(self.embed, "embed_scale", 1.0)
             inputs[index] = mixed

@@ -1,0 +1,33 @@
+"""``moi-table RUNS_DIR`` (``python -m harness.table``): the results table of every run under a folder.
+
+    moi-table results/runs                  # writes results/runs/table.md and table.csv
+    moi-table results/runs out=reports/     # elsewhere
+
+See :mod:`harness.analysis.table` for what the table holds. Settings: ``configs/table.yaml``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.analysis.table import build
+from harness.cli.common import compose, one_line_errors, runs_folder, split_args, wants_help
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if wants_help(argv, __doc__):
+        return 0
+    plain, settings = split_args(argv, {"out": "out"})
+    cfg = compose("table", settings)
+    runs_dir = runs_folder("moi-table", plain, cfg["runs_dir"])
+    markdown, frame = build(runs_dir)
+    out = Path(cfg["out"]) if cfg["out"] else runs_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(markdown)
+    frame.to_csv(out / "table.csv", index=False, float_format="%.4f", lineterminator="\n")
+    print(markdown, end="")
+    print(f"wrote {out / 'table.md'} and {out / 'table.csv'}", file=sys.stderr)
+    return 0

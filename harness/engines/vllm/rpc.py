@@ -1,0 +1,30 @@
+"""What both MoI workers add to vLLM's workers: the early config check and ``collective_rpc`` calls."""
+
+from __future__ import annotations
+
+from harness.engines.vllm.settings import check_vllm_config
+
+
+class MoIWorkerMixin:
+    """Refuses unsafe configs before any device or distributed setup; reports MoI counters."""
+
+    model_runner: object
+
+    def __init__(self, vllm_config, *args, **kwargs) -> None:
+        check_vllm_config(vllm_config)
+        # MoI feeds the model embeddings (the runner turns that path on). Saying so in the config
+        # also keys vLLM's compile cache apart from plain runs, whose graphs take token ids.
+        vllm_config.model_config.enable_prompt_embeds = True
+        super().__init__(vllm_config, *args, **kwargs)
+
+    def moi_request_stats(self, req_ids: list[str]) -> dict[str, dict]:
+        """Per-request counts (``mixed_steps``, ``replayed_steps``, the spec) by internal request id.
+
+        A finished request's counts are forgotten once read.
+        """
+        return self.model_runner.moi.request_stats(req_ids)
+
+    def moi_summary(self) -> dict:
+        """Totals, memory and the runner class for this worker."""
+        runner = type(self.model_runner)
+        return {"runner": f"{runner.__module__}.{runner.__qualname__}", **self.model_runner.moi.summary()}

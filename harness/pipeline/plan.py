@@ -1,0 +1,147 @@
+"""Planning a run: its task's problems, and a request for every sample that is not on disk yet.
+
+A run (one setting, one directory) becomes a :class:`RunPlan`: the requests still to generate,
+and the journalled completions still to grade. Re-planning a run that is complete gives nothing
+to do, so running the same command again resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import yaml
+
+from harness.engines.base import Request
+from harness.methods import MixSpec
+from harness.pipeline import prompting
+from harness.pipeline.config import max_tokens, mix_spec, validate
+from harness.pipeline.identity import run_dir
+from harness.storage import RunDir, sample_key
+from harness.tasks import Task, get_task
+
+
+def request_seed(run_seed: int, problem_id: str, sample_index: int) -> int:
+    """A sample's sampling seed: the same for every method, engine and batch."""
+    digest = hashlib.sha256(f"{run_seed}:{problem_id}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class PlannedSample:
+    """What a sample's record needs besides its completion: the problem, prompt, meta and seed."""
+
+    problem: dict
+    prompt: object
+    meta: dict
+    seed: int
+
+
+@dataclass
+class RunPlan:
+    """One run to execute: its resolved config, task, problems, directory, and what is missing."""
+
+    cfg: dict
+    task: Task
+    problems: list[dict]
+    source: dict
+    run: RunDir
+    spec: MixSpec
+    requests: list[Request] = field(default_factory=list)
+    to_grade: list[dict] = field(default_factory=list)
+    planned: dict[str, PlannedSample] = field(default_factory=dict)
+    _by_id: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    def problem(self, problem_id: str) -> dict:
+        if not self._by_id:
+            self._by_id = {p["id"]: p for p in self.problems}
+        if problem_id not in self._by_id:
+            raise KeyError(f"problem {problem_id!r} of a stored sample is not in the task's data")
+        return self._by_id[problem_id]
+
+
+_loaded: dict[str, tuple[list[dict], dict]] = {}
+
+
+def load_problems(cfg: dict) -> tuple[Task, list[dict], dict]:
+    """A config's task, its selected problems (``task.limit``) and data source; data is loaded
+    once per task config, however many runs share it."""
+    task = get_task(cfg["task"]["name"])
+    key = json.dumps(cfg["task"], sort_keys=True, default=str)
+    if key not in _loaded:
+        if len(_loaded) > 16:
+            _loaded.clear()
+        _loaded[key] = task.load(cfg["task"])
+    problems, source = _loaded[key]
+    limit = cfg["task"].get("limit")
+    return task, (problems[:limit] if limit is not None else problems), source
+
+
+def prepare(cfg: dict) -> RunPlan:
+    """Check a resolved config, load its task's data, and plan what is missing on disk."""
+    validate(cfg)
+    task, problems, source = load_problems(cfg)
+    plan = RunPlan(cfg, task, problems, source, RunDir(run_dir(cfg)), mix_spec(cfg))
+    (plan.run.path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _plan_missing(plan)
+    return plan
+
+
+def _plan_missing(plan: RunPlan) -> None:
+    """Requests for samples that are neither graded nor journalled; journalled ones to grade."""
+    cfg = plan.cfg
+    done = {r["key"] for r in plan.run.samples()}
+    journal = {r["key"]: r for r in plan.run.generations() if r["key"] not in done}
+    sampling = cfg["sampling"]
+    model_prompting = cfg["model"].get("prompting")
+    for problem in plan.problems:
+        task_prompt, meta = plan.task.prompt(problem, cfg["seed"], cfg["task"])
+        prompt, prefix, thinking = prompting.apply(task_prompt, model_prompting, plan.task.name)
+        meta = {**meta, "thinking": thinking}
+        for index in range(int(cfg["task"].get("n_samples", 1))):
+            key = sample_key(problem["id"], index)
+            if key in done:
+                continue
+            if key in journal:
+                plan.to_grade.append(journal[key])
+                continue
+            seed = request_seed(cfg["seed"], problem["id"], index)
+            plan.planned[key] = PlannedSample(problem, prompt, meta, seed)
+            plan.requests.append(
+                Request(
+                    id=key,
+                    prompt=prompt,
+                    prefix=prefix,
+                    mix=plan.spec,
+                    temperature=float(sampling["temperature"]),
+                    top_p=float(sampling["top_p"]),
+                    top_k=int(sampling["top_k"]),
+                    max_tokens=max_tokens(cfg),
+                    stop=tuple(plan.task.stop(cfg["task"])),
+                    seed=seed,
+                )
+            )
+
+
+def describe_plan(model: str, configs: list[dict]) -> str:
+    """A dry run's report: runs, requests and the most tokens they could generate."""
+    requests = tokens = 0
+    estimated = set()
+    counts: dict[str, int] = {}
+    for cfg in configs:
+        validate(cfg)
+        key = json.dumps(cfg["task"], sort_keys=True, default=str)
+        if key not in counts:
+            task = cfg["task"]
+            known = [s for s in (task.get("expected_size"), task.get("limit")) if s is not None]
+            if known and not (task.get("data") or {}).get("path"):  # a hub set of known size: no download
+                counts[key] = min(known)
+                estimated.add(task["name"])
+            else:
+                counts[key] = len(load_problems(cfg)[1])
+        n = counts[key] * int(cfg["task"].get("n_samples", 1))
+        requests += n
+        tokens += n * max_tokens(cfg)
+    note = f" (sizes of {', '.join(sorted(estimated))} from the task configs' expected_size)" if estimated else ""
+    return f"model {model}: {len(configs)} cells, {requests} requests, at most {tokens} generated tokens{note}"

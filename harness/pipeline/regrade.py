@@ -1,0 +1,74 @@
+"""Grading stored completions again, no model needed: a run directory in place, or a list of
+completions (hand-written, or from another tool) against a task's problems."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from harness.errors import DataError, UserError
+from harness.pipeline.grading import grade_many, grader_config, grading_timeout
+from harness.pipeline.records import with_grade, write_summary
+from harness.storage import RunDir
+from harness.tasks import get_task
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, file=sys.stderr)
+
+
+def regrade_run(path: Path, workers: int, timeout: float | None, progress: bool = True) -> tuple[int, dict]:
+    """Re-grade one run directory in place with the task's current grader; returns the number of
+    samples correct before, and the new summary."""
+    config_file = path / "config.yaml"
+    if not config_file.exists():
+        raise UserError(f"{path} is not a run directory (no config.yaml)")
+    cfg = yaml.safe_load(config_file.read_text())
+    task_cfg = cfg["task"]
+    task = get_task(task_cfg["name"])
+    problems, _ = task.load(task_cfg)
+    by_id = {p["id"]: p for p in problems}
+    run = RunDir(path)
+    samples = run.samples()
+    missing = sorted({s["problem_id"] for s in samples} - set(by_id))
+    if missing:
+        raise DataError(f"{path}: problems {missing[:5]} are not in the task's data; is it the same dataset?")
+    graded_cfg = grader_config(task_cfg, timeout)
+    items = [(task.name, graded_cfg, by_id[s["problem_id"]], s["completion"], s.get("prompt_meta") or {}) for s in samples]
+    with _progress(len(items), f"grade {path.name}", progress) as bar:
+        grades = grade_many(items, workers=workers, timeout=grading_timeout(task_cfg, timeout), progress=bar)
+    before = sum(bool(s.get("correct")) for s in samples)
+    run.rewrite_samples([with_grade(s, g) for s, g in zip(samples, grades)])
+    limit = task_cfg.get("limit")
+    return before, write_summary(run, cfg, problems[:limit] if limit else problems)
+
+
+def grade_lines(task_cfg: dict, lines: list[dict], source: str, workers: int, timeout: float | None,
+                progress: bool = True, data: Path | None = None) -> list[dict]:
+    """Grade completions: each line holds a problem's fields (as the task's loader gives them), a
+    ``completion`` and optionally the ``prompt_meta`` stored with a sample. With ``data`` (a local
+    data file of the task) a line may name its problem by ``id`` (or ``problem_id``) instead.
+    Returns the lines with their grades."""
+    task = get_task(task_cfg["name"])
+    by_id = {}
+    if data is not None:
+        problems, _ = task.load({**task_cfg, "data": {**task_cfg["data"], "path": str(data)}})
+        by_id = {p["id"]: p for p in problems}
+    problems = []
+    for number, line in enumerate(lines, 1):
+        if "completion" not in line:
+            raise DataError(f"{source} line {number} has no 'completion' field")
+        ident = str(line.get("id", line.get("problem_id", "")))
+        if by_id and ident not in by_id:
+            raise DataError(f"{source} line {number}: problem id {ident!r} is not in {data}")
+        problems.append({**by_id.get(ident, {}), **line})
+    graded_cfg = grader_config(task_cfg, timeout)
+    items = [(task.name, graded_cfg, problem, line["completion"], line.get("prompt_meta") or {})
+             for problem, line in zip(problems, lines)]
+    with _progress(len(items), "grade", progress) as bar:
+        grades = grade_many(items, workers=workers, timeout=grading_timeout(task_cfg, timeout), progress=bar)
+    return [with_grade(line, grade) for line, grade in zip(lines, grades)]

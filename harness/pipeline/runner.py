@@ -1,0 +1,158 @@
+"""Executing runs: requests to one engine, completions to storage, grades from worker processes.
+
+:func:`execute` serves any number of runs of the same model with one engine, all at once, so an
+accelerator never idles while one run's last long answers finish; each completion is journalled
+as soon as it arrives, graded in a worker process, and appended to its own run's
+``samples.jsonl``. :func:`run` plans runs from resolved configs and executes them, reusing the
+loaded engine across calls (the jobs of a sweep that share a model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+
+from harness.engines import Engine, Request, engine_class
+from harness.errors import ConfigError
+from harness.pipeline.config import validate
+from harness.pipeline.grading import GradingPool, grader_config, grading_timeout
+from harness.pipeline.identity import run_dir
+from harness.pipeline.manifest import write_manifest
+from harness.pipeline.plan import RunPlan, prepare
+from harness.pipeline.records import generation_record, with_grade, write_summary
+
+log = logging.getLogger("harness")
+
+_cached: dict = {"key": None, "engine": None}
+
+
+def get_engine(cfg: dict) -> Engine:
+    """The engine for a config, reusing the one already loaded when model and engine match."""
+    key = json.dumps({"model": cfg["model"], "engine": cfg["engine"]}, sort_keys=True, default=str)
+    if _cached["key"] != key:
+        release_engine()
+        log.info("loading engine %s with model %s", cfg["engine"]["name"], cfg["model"]["name"])
+        _cached["engine"] = engine_class(cfg["engine"]["name"])(cfg["model"], cfg["engine"])
+        _cached["key"] = key
+    return _cached["engine"]
+
+
+def release_engine() -> None:
+    """Free the cached engine (and its accelerator memory)."""
+    if _cached["engine"] is not None:
+        _cached["engine"].close()
+    _cached.update(key=None, engine=None)
+
+
+def run(configs: list[dict]) -> list[dict]:
+    """Run (or resume) evaluations from resolved config dicts with one engine; return summaries.
+
+    Configs that name the same run (e.g. Standard at two betas) are run once.
+    """
+    unique = {}
+    for cfg in configs:
+        validate(cfg)
+        unique.setdefault(run_dir(cfg), cfg)
+    configs = list(unique.values())
+    plans = [prepare(cfg) for cfg in configs]
+    engine_keys = {json.dumps([c["model"], c["engine"]], sort_keys=True, default=str) for c in configs}
+    if len(engine_keys) != 1:
+        raise ConfigError("all cells of a grid must share the model and the engine settings")
+    engine = get_engine(configs[0]) if needs_engine(plans) else None
+    return execute(plans, engine, progress=bool(configs[0].get("progress", True)))
+
+
+def needs_engine(plans: list[RunPlan]) -> bool:
+    return any(plan.requests for plan in plans)
+
+
+def _timeout(plan: RunPlan) -> float:
+    return grading_timeout(plan.cfg["task"], (plan.cfg.get("grading") or {}).get("timeout"))
+
+
+def _grader_config(plan: RunPlan) -> dict:
+    return grader_config(plan.cfg["task"], (plan.cfg.get("grading") or {}).get("timeout"))
+
+
+def execute(plans: list[RunPlan], engine: Engine | None, progress: bool = True) -> list[dict]:
+    """Generate and grade everything the runs are missing, with one engine; return summaries.
+
+    ``engine`` may be None when nothing is left to generate (only journalled samples to grade).
+    """
+    from tqdm import tqdm
+
+    if engine is None and needs_engine(plans):
+        raise ValueError("samples are missing and no engine was given")
+    if engine is not None:
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        engine_info = engine.info()
+        for plan in plans:
+            if plan.requests or not (plan.run.path / "manifest.json").exists():
+                write_manifest(plan.run.path, plan.cfg, plan.task, plan.source, engine, engine_info, started)
+    # Every request of every run goes to the engine at once, under an id that names its run.
+    owners: dict[str, tuple[int, RunPlan, str]] = {}
+    requests: list[Request] = []
+    for number, plan in enumerate(plans):
+        for request in plan.requests:
+            uid = f"{number}|{request.id}"
+            owners[uid] = (number, plan, request.id)
+            requests.append(Request(**{**request.__dict__, "id": uid}))
+    regrade = sum(len(p.to_grade) for p in plans)
+    total_grades = len(requests) + regrade
+    if total_grades:
+        log.info("%d run(s): %d samples to generate, %d to grade", len(plans), len(requests), total_grades)
+    workers = int((plans[0].cfg.get("grading") or {}).get("workers", 2))
+    timeout = max(_timeout(plan) for plan in plans)
+    gen_bar = tqdm(total=len(requests), desc="generate", unit="sample", disable=not progress or not requests)
+    grade_bar = tqdm(total=total_grades, desc="grade", unit="sample", disable=not progress or not total_grades)
+    records: dict[tuple[int, str], tuple[RunPlan, dict]] = {}
+
+    def collect(results) -> None:
+        for (number, key), grade in results:
+            plan, record = records.pop((number, key))
+            plan.run.append_sample(with_grade(record, grade))
+            grade_bar.update(1)
+
+    t0 = time.perf_counter()
+    try:
+        with GradingPool(workers, timeout, preload=tuple(sorted({p.task.name for p in plans}))) as pool:
+
+            def submit(number: int, plan: RunPlan, record: dict) -> None:
+                problem = plan.problem(record["problem_id"])
+                records[(number, record["key"])] = (plan, record)
+                pool.submit(
+                    (number, record["key"]), plan.task.name, _grader_config(plan), problem, record["completion"],
+                    record.get("prompt_meta") or {},
+                )
+
+            for number, plan in enumerate(plans):
+                for record in plan.to_grade:
+                    submit(number, plan, record)
+            for request, completion in engine.generate(requests) if requests else ():
+                number, plan, key = owners[request.id]
+                record = generation_record(plan, key, completion)
+                plan.run.append_generation(record)
+                submit(number, plan, record)
+                gen_bar.update(1)
+                collect(pool.poll())
+            gen_bar.close()
+            collect(pool.drain())
+    finally:
+        gen_bar.close()
+        grade_bar.close()
+        for plan in plans:
+            plan.run.close()
+    if requests:
+        log.info("generated %d samples in %.1f s", len(requests), time.perf_counter() - t0)
+        engine_info = engine.info()  # again: MoI memory peaks, preemptions and counts are known now
+        for plan in plans:
+            if plan.requests:
+                write_manifest(plan.run.path, plan.cfg, plan.task, plan.source, engine, engine_info, started)
+    summaries = []
+    for plan in plans:
+        plan.run.finish()
+        plan.requests, plan.to_grade = [], []
+        summaries.append(write_summary(plan.run, plan.cfg, plan.problems))
+    return summaries
