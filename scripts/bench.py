@@ -30,9 +30,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.methods.mixing import MixSpec  # noqa: E402
+from harness.methods import MethodSpec, make_spec  # noqa: E402
 
-METHODS = {"standard": MixSpec(), "direct_mixture": MixSpec("direct_mixture"), "moi": MixSpec("moi", 1.0)}
+METHODS = {"standard": make_spec(), "direct_mixture": make_spec("direct_mixture"), "moi": make_spec("moi", beta=1.0)}
 QWEN2_05B = {
     "architectures": ["Qwen2ForCausalLM"],
     "model_type": "qwen2",
@@ -99,9 +99,9 @@ def time_runs(runs: dict[str, tuple], prompts: list[dict], args: argparse.Namesp
     """
     from vllm import SamplingParams
 
-    def timed(llm, spec: MixSpec) -> float:
+    def timed(llm, spec: MethodSpec) -> float:
         params = SamplingParams(temperature=0.8, top_p=0.95, seed=1, max_tokens=args.max_tokens, ignore_eos=True,
-                                detokenize=False, extra_args=spec.to_extra_args())
+                                detokenize=False, extra_args=spec.to_fields())
         start = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
         elapsed = time.perf_counter() - start

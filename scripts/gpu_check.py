@@ -22,18 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from harness.engines.base import Request  # noqa: E402
-from harness.methods.mixing import MixSpec  # noqa: E402
+from harness.methods import example_specs  # noqa: E402
 
-SPECS = [
-    MixSpec(),
-    MixSpec("direct_mixture"),
-    MixSpec("moi", 0.25),
-    MixSpec("moi", 1.0),
-    MixSpec("moi", 4.0),
-    MixSpec("moi", 1.0, support="full"),
-    MixSpec("moi", 1.0, reference_quirks=True),
-    MixSpec("moi", 2.0, k=5),
-]
+SPECS = example_specs()  # every method at each of its examples (harness.methods)
 WORDS = "the answer number is create equation using basic arithmetic operations each only once show your work".split()
 # The tiny model's KV cache: 1 KiB per token (2 layers x (k, v) x 64 x fp32). On CUDA, 48 blocks of
 # 16 tokens; on CPUs (to try this script without a GPU), 5 blocks of 128.
@@ -45,7 +36,8 @@ def requests() -> list[Request]:
     for i in range(16):
         n_words = 150 if i == 0 else 5 + 9 * (i % 8)
         prompt = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(n_words))
-        out.append(Request(id=str(i), prompt=prompt, mix=SPECS[i % len(SPECS)], temperature=0,
+        spec = SPECS[i % len(SPECS)]
+        out.append(Request(id=str(i), prompt=prompt, method=spec, temperature=0.6 if spec.method == "soft_thinking" else 0, seed=i,
                            max_tokens=96 + 8 * (i % 3)))
     return out
 

@@ -27,6 +27,8 @@ def tiny_model_cfg(tiny_model_path) -> dict:
         "revision": None,
         "dtype": "float32",
         "max_model_len": 2048,
+        # its tokenizer has <think> and </think>: Soft Thinking's phases and Cold Stop are testable
+        "prompting": {"thinking": {"start": "<think>", "end": "</think>", "opened": False}},
     }
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from harness.engines import openai_engine
 from harness.engines.base import Request
-from harness.methods.mixing import MixSpec
+from harness.methods import make_spec
 
 
 def make_engine(handler, monkeypatch, **cfg) -> openai_engine.OpenAIEngine:
@@ -37,7 +37,7 @@ def test_transient_failures_are_retried_and_settings_travel_in_vllm_xargs(monkey
         return reply("42", "length")
 
     engine = make_engine(handler, monkeypatch)
-    request = Request(id="r", prompt="What is 6 x 7?", mix=MixSpec("moi", 2.0, reference_quirks=True),
+    request = Request(id="r", prompt="What is 6 x 7?", method=make_spec("moi", beta=2.0, reference_quirks=True),
                       temperature=0.6, top_p=0.9, top_k=5, max_tokens=3, seed=11)
     [(got, completion)] = list(engine.generate([request]))
     assert got is request and len(calls) == 3

@@ -175,13 +175,13 @@ def test_lm_evaluation_harness_decodes_with_moi_through_the_server(tiny_model_pa
 
     from harness.engines.base import Request
     from harness.engines.vllm.engine import VLLMEngine
-    from harness.methods.mixing import MixSpec
+    from harness.methods import make_spec
 
     engine = VLLMEngine({"name": "tiny", "path": tiny_model_path, "dtype": "float32", "max_model_len": 4096},
                         {"enforce_eager": True, "kv_cache_memory_bytes": 134217728, "max_num_seqs": 16})
     try:
-        requests = [Request(id=f"{m.method}|{q}", prompt=q, mix=m, temperature=0.0, max_tokens=16,
-                            stop=("\n\n", "<|im_end|>")) for q in QUESTIONS for m in (MixSpec("moi", 1.0), MixSpec())]
+        requests = [Request(id=f"{m.method}|{q}", prompt=q, method=m, temperature=0.0, max_tokens=16,
+                            stop=("\n\n", "<|im_end|>")) for q in QUESTIONS for m in (make_spec("moi", beta=1.0), make_spec())]
         offline = {r.id: c.text for r, c in engine.generate(requests)}
     finally:
         engine.close()

@@ -7,7 +7,7 @@ import pytest
 
 from harness.engines.base import Request
 from harness.engines.transformers_engine import TransformersEngine
-from harness.methods.mixing import MixSpec
+from harness.methods import make_spec
 
 PROMPTS = [
     "Using the numbers [3, 5, 7, 11], create an equation",
@@ -29,16 +29,16 @@ def run(engine, requests):
 
 
 def greedy(prompt, mix, tokens=24, rid="r"):
-    return Request(id=rid, prompt=prompt, mix=mix, temperature=0.0, max_tokens=tokens)
+    return Request(id=rid, prompt=prompt, method=mix, temperature=0.0, max_tokens=tokens)
 
 
 def test_moi_changes_outputs_and_huge_beta_is_standard(engine):
     requests = []
     for i, prompt in enumerate(PROMPTS):
         requests += [
-            greedy(prompt, MixSpec(), rid=f"{i}/standard"),
-            greedy(prompt, MixSpec("moi", 1.0), rid=f"{i}/moi"),
-            greedy(prompt, MixSpec("moi", 1e9), rid=f"{i}/moi-huge"),
+            greedy(prompt, make_spec(), rid=f"{i}/standard"),
+            greedy(prompt, make_spec("moi", beta=1.0), rid=f"{i}/moi"),
+            greedy(prompt, make_spec("moi", beta=1e9), rid=f"{i}/moi-huge"),
         ]
     out = run(engine, requests)
     changed = sum(out[f"{i}/moi"].token_ids != out[f"{i}/standard"].token_ids for i in range(len(PROMPTS)))
@@ -51,11 +51,11 @@ def test_moi_changes_outputs_and_huge_beta_is_standard(engine):
 
 
 def test_outputs_do_not_depend_on_the_batch(engine):
-    mixes = [MixSpec(), MixSpec("moi", 0.5), MixSpec("direct_mixture"), MixSpec("moi", 2.0)]
+    mixes = [make_spec(), make_spec("moi", beta=0.5), make_spec("direct_mixture"), make_spec("moi", beta=2.0)]
     batch = []
     for i, prompt in enumerate(PROMPTS):
         for j, mix in enumerate(mixes):
-            batch.append(Request(id=f"{i}/{j}", prompt=prompt, mix=mix, temperature=0.8, top_p=0.9, max_tokens=20, seed=100 + i))
+            batch.append(Request(id=f"{i}/{j}", prompt=prompt, method=mix, temperature=0.8, top_p=0.9, max_tokens=20, seed=100 + i))
     together = run(engine, batch)
     for request in batch[::3]:
         alone = run(engine, [request])[request.id]
@@ -63,7 +63,7 @@ def test_outputs_do_not_depend_on_the_batch(engine):
 
 
 def test_sampling_is_seeded_per_request(engine):
-    requests = [Request(id=str(s), prompt="the answer is", mix=MixSpec("moi", 1.0), temperature=1.0, max_tokens=16, seed=s)
+    requests = [Request(id=str(s), prompt="the answer is", method=make_spec("moi", beta=1.0), temperature=1.0, max_tokens=16, seed=s)
                 for s in (1, 1, 2)]
     first, second = list(engine.generate(requests)), list(engine.generate(requests))
     assert [c.token_ids for _, c in first] == [c.token_ids for _, c in second]
@@ -72,10 +72,10 @@ def test_sampling_is_seeded_per_request(engine):
 
 
 def test_finish_reasons_and_counts(engine):
-    out = run(engine, [greedy("x", MixSpec(), tokens=7, rid="len")])["len"]
+    out = run(engine, [greedy("x", make_spec(), tokens=7, rid="len")])["len"]
     assert (out.finish_reason, out.completion_tokens, len(out.token_ids)) == ("length", 7, 7)
     assert out.prompt_tokens == len(engine.tokenizer("x")["input_ids"])
-    full = run(engine, [greedy("x", MixSpec(), tokens=24, rid="a")])["a"]
+    full = run(engine, [greedy("x", make_spec(), tokens=24, rid="a")])["a"]
     stop = full.text[5:8]
     cut = run(engine, [Request(id="s", prompt="x", temperature=0.0, max_tokens=24, stop=(stop,))])["s"]
     assert cut.finish_reason == "stop"

@@ -6,19 +6,19 @@ import pytest
 
 from harness.engines.vllm.settings import MoIConfigError, check_settings, default_spec, problems, request_spec
 from harness.errors import ConfigError
-from harness.methods.mixing import MixSpec
+from harness.methods import make_spec
 
 pytestmark = pytest.mark.vllm
 
 
 def test_default_is_standard_without_settings():
-    assert default_spec(None, {}) == MixSpec()
-    assert default_spec({"other": 1}, {}) == MixSpec()
+    assert default_spec(None, {}) == make_spec()
+    assert default_spec({"other": 1}, {}) == make_spec()
 
 
 def test_reference_environment_variable():
-    assert default_spec(None, {"MIXINPUTS_BETA": "2"}) == MixSpec("moi", 2.0)
-    assert default_spec(None, {"MIXINPUTS_BETA": "-100"}) == MixSpec("direct_mixture")
+    assert default_spec(None, {"MIXINPUTS_BETA": "2"}) == make_spec("moi", beta=2.0)
+    assert default_spec(None, {"MIXINPUTS_BETA": "-100"}) == make_spec("direct_mixture")
     with pytest.raises(MoIConfigError, match="MIXINPUTS_BETA"):
         default_spec(None, {"MIXINPUTS_BETA": "big"})
     with pytest.raises(MoIConfigError, match="beta"):
@@ -27,7 +27,7 @@ def test_reference_environment_variable():
 
 def test_additional_config_wins_over_the_environment():
     config = {"moi": {"method": "moi", "beta": 0.5, "k": 10, "log_requests": True}}
-    assert default_spec(config, {"MIXINPUTS_BETA": "4"}) == MixSpec("moi", 0.5, k=10)
+    assert default_spec(config, {"MIXINPUTS_BETA": "4"}) == make_spec("moi", beta=0.5, k=10)
     with pytest.raises(MoIConfigError, match="unknown key"):
         default_spec({"moi": {"betta": 1}}, {})
     with pytest.raises(MoIConfigError, match="unknown method"):
@@ -35,13 +35,13 @@ def test_additional_config_wins_over_the_environment():
 
 
 def test_request_fields_win_over_the_default():
-    default = MixSpec("moi", 1.0)
+    default = make_spec("moi", beta=1.0)
     assert request_spec({}, default) == default
-    assert request_spec({"moi_beta": 3}, default) == MixSpec("moi", 3.0)
+    assert request_spec({"moi_beta": 3}, default) == make_spec("moi", beta=3.0)
     assert request_spec({"moi_method": "standard"}, default).method == "standard"
     assert request_spec({"unrelated": 1}, default) == default
-    quirky = MixSpec("moi", 1.0, reference_quirks=True)
-    assert request_spec({"moi_support": "full"}, quirky) == MixSpec(support="full")
+    quirky = make_spec("moi", beta=1.0, reference_quirks=True)
+    assert request_spec({"moi_support": "full"}, quirky) == make_spec()  # read over the plain defaults
     with pytest.raises(ValueError, match="unknown method"):
         request_spec({"moi_method": "bogus"}, default)
 
@@ -54,8 +54,11 @@ def test_validator_refuses_malformed_requests_only():
 
     MoIValidator.validate_params(SamplingParams())
     MoIValidator.validate_params(SamplingParams(extra_args={"moi_method": "moi", "moi_beta": "2.5"}))
+    MoIValidator.validate_params(SamplingParams(extra_args={"moi_method": "soft_thinking", "moi_max_topk": 5}))
     for extra in ({"moi_method": "bogus"}, {"moi_beta": -0.5}, {"moi_beta": float("nan")}, {"moi_k": 1.5},
-                  {"moi_support": "all"}, {"moi_reference_quirks": "maybe"}, {"moi_bta": 1}):
+                  {"moi_support": "all"}, {"moi_reference_quirks": "maybe"}, {"moi_bta": 1},
+                  {"moi_method": "soft_thinking", "moi_entropy_threshold": -1},
+                  {"moi_method": "soft_thinking", "moi_dirichlet_alpha": 0}):
         with pytest.raises(VLLMValidationError, match="invalid MoI request settings"):
             MoIValidator.validate_params(SamplingParams(extra_args=extra))
 

@@ -12,11 +12,12 @@ import os
 import pytest
 
 from harness.engines.base import Request
-from harness.methods.mixing import MixSpec
+from harness.methods import make_spec
 
 pytestmark = pytest.mark.vllm
-SPECS = [MixSpec(), MixSpec("direct_mixture"), MixSpec("moi", 0.5), MixSpec("moi", 2.0),
-         MixSpec("moi", 1.0, support="full")]
+SPECS = [make_spec(), make_spec("direct_mixture"), make_spec("moi", beta=0.5), make_spec("moi", beta=2.0),
+         make_spec("moi", beta=1.0, support="full"),
+         make_spec("soft_thinking", entropy_threshold=100.0, length_threshold=4, after_thinking_temperature=0.0)]
 
 
 def vllm_and_transformers(model_cfg: dict, engine_cfg: dict, n_requests: int, max_tokens: int):
@@ -26,8 +27,8 @@ def vllm_and_transformers(model_cfg: dict, engine_cfg: dict, n_requests: int, ma
     from harness.engines.vllm.engine import VLLMEngine
 
     requests = [
-        Request(id=str(i), prompt="the answer number is " * (i + 1), mix=SPECS[i % len(SPECS)], temperature=0,
-                max_tokens=max_tokens)
+        Request(id=str(i), prompt="the answer number is " * (i + 1), method=SPECS[i % len(SPECS)],
+                temperature=0.6 if SPECS[i % len(SPECS)].method == "soft_thinking" else 0, max_tokens=max_tokens, seed=i)
         for i in range(n_requests)
     ]
     engine = VLLMEngine(model_cfg, {"kv_cache_memory_bytes": 16 << 20, **engine_cfg})

@@ -11,20 +11,19 @@ import pytest
 
 from harness.engines.base import Request
 from harness.errors import ConfigError
-from harness.methods.mixing import MixSpec
+from harness.methods import example_specs, make_spec
 
 pytestmark = pytest.mark.vllm
 
-SPECS = [
-    MixSpec(),
-    MixSpec("direct_mixture"),
-    MixSpec("moi", 0.25),
-    MixSpec("moi", 1.0),
-    MixSpec("moi", 4.0),
-    MixSpec("moi", 1.0, support="full"),
-    MixSpec("moi", 1.0, reference_quirks=True),
-    MixSpec("moi", 2.0, k=5),
-]
+# Every method at each of its examples: Standard, Direct Mixture, MoI (6), Soft Thinking (5).
+SPECS = example_specs()
+SOFT = [i for i, spec in enumerate(SPECS) if spec.method == "soft_thinking"]
+
+
+def temperature(spec) -> float:
+    """Greedy, or for Soft Thinking (whose tokens do not depend on sampling noise) 0.6, so that its
+    thinking mixtures are soft."""
+    return 0.6 if spec.method == "soft_thinking" else 0.0
 WORDS = (
     "the answer number is create equation using basic arithmetic operations each only once show your work "
     "please reason step by step and put your final answer within boxed"
@@ -43,12 +42,13 @@ def run(engine, requests) -> dict:
 def assert_same(got: dict, want: dict, requests) -> None:
     for request in requests:
         a, b = got[request.id], want[request.id]
-        where = f"request {request.id} ({request.mix.method}, beta={request.mix.beta}, {request.mix.support})"
+        where = f"request {request.id} ({request.method})"
         assert a.token_ids == b.token_ids, where
         assert a.text == b.text, where
         assert a.finish_reason == b.finish_reason, where
         assert a.prompt_tokens == b.prompt_tokens, where
         assert a.mixed_steps == b.mixed_steps, where
+        assert a.method_stats == b.method_stats, where
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,8 @@ def squeezed(tiny_model_cfg):
 def one_batch(engine, reference):
     """Every method and beta, three prompts each, greedy, in one batch on both engines."""
     requests = [
-        Request(id=f"{i}/{j}", prompt=prompt_of(i, 4 + 9 * i), mix=spec, temperature=0, max_tokens=14 + 3 * i)
+        Request(id=f"{i}/{j}", prompt=prompt_of(i, 4 + 9 * i), method=spec, temperature=temperature(spec),
+                max_tokens=14 + 3 * i, seed=17 * i + j)
         for i in range(3)
         for j, spec in enumerate(SPECS)
     ]
@@ -106,27 +107,37 @@ def test_every_method_in_one_batch_matches_transformers(one_batch):
     assert_same(got, want, requests)
 
 
-def test_mixed_steps_count_fed_back_tokens(one_batch):
-    requests, got, _ = one_batch
+def expected_mixed_steps(request, completion) -> int:
+    """Fed-back tokens that were mixtures: all of them for Direct Mixture and MoI, none for
+    Standard, those before the think-end token for Soft Thinking."""
+    fed_back = completion.completion_tokens - 1
+    if request.method.method == "soft_thinking":
+        ended = completion.method_stats["thinking_ended_at"]
+        return fed_back if ended is None else min(ended, fed_back)
+    return fed_back if request.method.mixed else 0
+
+
+def test_mixed_steps_count_what_was_mixed(one_batch):
+    requests, got, want = one_batch
     for request in requests:
-        completion = got[request.id]
-        expected = completion.completion_tokens - 1 if request.mix.mixed else 0
-        assert completion.mixed_steps == expected, request.id
+        for engine in (got, want):
+            assert engine[request.id].mixed_steps == expected_mixed_steps(request, engine[request.id]), request.id
+    assert any(got[r.id].method_stats.get("cold_stop") for r in requests)  # the Cold Stop examples fired
 
 
 def test_moi_changes_outputs(one_batch):
     requests, got, _ = one_batch
-    standard = {r.id.split("/")[0]: got[r.id].token_ids for r in requests if r.mix == MixSpec()}
-    moi = {r.id.split("/")[0]: got[r.id].token_ids for r in requests if r.mix == MixSpec("moi", 1.0)}
+    standard = {r.id.split("/")[0]: got[r.id].token_ids for r in requests if r.method == make_spec()}
+    moi = {r.id.split("/")[0]: got[r.id].token_ids for r in requests if r.method == make_spec("moi", beta=1.0)}
     assert any(standard[p] != moi[p] for p in standard)
 
 
 def test_chat_prompt_and_stop_string_match(engine, reference):
     chat = [{"role": "user", "content": prompt_of(5, 12)}]
     requests = [
-        Request(id=f"chat/{j}/{len(stop)}", prompt=chat, prefix="<think>\n", mix=spec, temperature=0, max_tokens=24,
-                stop=stop)
-        for j, spec in enumerate(SPECS[:4])
+        Request(id=f"chat/{j}/{len(stop)}", prompt=chat, prefix="<think>\n", method=spec, temperature=temperature(spec),
+                max_tokens=24, stop=stop)
+        for j, spec in enumerate(SPECS[:4] + [SPECS[SOFT[1]]])
         for stop in ((), ("e", "zz"))
     ]
     got = run(engine, requests)
@@ -136,7 +147,7 @@ def test_chat_prompt_and_stop_string_match(engine, reference):
 
 def test_sampled_outputs_repeat_with_the_same_seeds(engine):
     requests = [
-        Request(id=f"s{i}/{j}", prompt=prompt_of(i, 6 + i), mix=spec, temperature=0.8, top_p=0.9, top_k=50,
+        Request(id=f"s{i}/{j}", prompt=prompt_of(i, 6 + i), method=spec, temperature=0.8, top_p=0.9, top_k=50,
                 max_tokens=12, seed=1000 * i + j)
         for i in range(3)
         for j, spec in enumerate(SPECS[:5])
@@ -148,10 +159,15 @@ def test_sampled_outputs_repeat_with_the_same_seeds(engine):
 
 
 def test_churn_chunked_prefill_and_preemption_match_transformers(squeezed, reference):
+    # Soft Thinking with its thinking ended early by Cold Stop (see the preemption test below)
+    early = [make_spec("soft_thinking", entropy_threshold=100.0, length_threshold=5, dirichlet_alpha=1.0),
+             make_spec("soft_thinking", entropy_threshold=100.0, length_threshold=4, gumbel_temperature=0.5,
+                       after_thinking_temperature=0.0)]
+    specs = [SPECS[i] for i in (0, 1, 2, 4, 5, SOFT[1], SOFT[2])] + early
     requests = [
-        Request(id=f"p{i}", prompt=prompt_of(i, 150 if i == 0 else 5 + 7 * i), mix=SPECS[[0, 1, 2, 4, 5][i % 5]],
-                temperature=0, max_tokens=100 + 10 * (i % 3))
-        for i in range(10)
+        Request(id=f"p{i}", prompt=prompt_of(i, 150 if i == 0 else 5 + 7 * i), method=specs[i % len(specs)],
+                temperature=temperature(specs[i % len(specs)]), max_tokens=100 + 10 * (i % 3), seed=i)
+        for i in range(12)
     ]
     before = squeezed.num_preemptions()
     got = run(squeezed, requests)
@@ -170,7 +186,7 @@ def test_process_default_applies_to_requests_without_settings(squeezed, referenc
     outs = squeezed.llm.generate(
         [{"prompt_token_ids": i} for i in ids], SamplingParams(temperature=0, max_tokens=12), use_tqdm=False
     )
-    requests = [Request(id=str(i), prompt=p, mix=MixSpec("moi", 1.0), temperature=0, max_tokens=12)
+    requests = [Request(id=str(i), prompt=p, method=make_spec("moi", beta=1.0), temperature=0, max_tokens=12)
                 for i, p in enumerate(prompts)]
     want = run(reference, requests)
     assert [list(o.outputs[0].token_ids) for o in outs] == [want[r.id].token_ids for r in requests]
@@ -181,11 +197,13 @@ def test_malformed_request_is_refused_and_engine_goes_on(engine):
     from vllm.exceptions import VLLMValidationError
 
     for extra, words in (({"moi_method": "bogus"}, "unknown method"), ({"moi_beta": -1}, "beta"),
-                         ({"moi_k": "x"}, "moi_k"), ({"moi_betta": 1}, "moi_betta")):
+                         ({"moi_method": "moi", "moi_k": "x"}, "moi_k"), ({"moi_betta": 1}, "moi_betta"),
+                         ({"moi_method": "soft_thinking", "moi_max_topk": 0}, "moi_max_topk"),
+                         ({"moi_method": "soft_thinking", "moi_gumbel_temperature": -1}, "gumbel_temperature")):
         with pytest.raises(VLLMValidationError, match=words):
             engine.llm.generate([{"prompt_token_ids": [5, 6]}], SamplingParams(max_tokens=2, extra_args=extra),
                                 use_tqdm=False)
-    request = Request(id="after", prompt="the answer", mix=MixSpec("moi", 1.0), temperature=0, max_tokens=3)
+    request = Request(id="after", prompt="the answer", method=make_spec("moi", beta=1.0), temperature=0, max_tokens=3)
     assert run(engine, [request])["after"].mixed_steps == 2
 
 
@@ -219,7 +237,7 @@ def test_info_records_the_moi_path_and_memory(engine, one_batch):
 
 
 def test_abandoned_generation_is_aborted_and_errors_name_the_request(engine):
-    requests = [Request(id=f"a{i}", prompt=prompt_of(i, 6), mix=SPECS[i % 4], temperature=0, max_tokens=5 + 20 * i)
+    requests = [Request(id=f"a{i}", prompt=prompt_of(i, 6), method=SPECS[i % 4], temperature=0, max_tokens=5 + 20 * i)
                 for i in range(4)]
     stream = engine.generate(requests)
     first, _ = next(stream)
@@ -235,8 +253,52 @@ def test_abandoned_generation_is_aborted_and_errors_name_the_request(engine):
 
 
 def test_more_requests_than_the_submission_window(engine):
-    requests = [Request(id=f"w{i}", prompt=f"the answer {i}", mix=SPECS[i % 4], temperature=0, max_tokens=3)
+    requests = [Request(id=f"w{i}", prompt=f"the answer {i}", method=SPECS[i % 4], temperature=0, max_tokens=3)
                 for i in range(600)]
     got = run(engine, requests)
     assert len(got) == 600
-    assert sum(c.mixed_steps for c in got.values()) == 2 * sum(r.mix.mixed for r in requests)
+    assert sum(c.mixed_steps for c in got.values()) == 2 * sum(r.method.mixed for r in requests)
+
+
+def test_soft_thinking_ends_where_the_model_emits_its_think_end_token(engine, reference):
+    """Take a token the model emits while thinking as the think-end token: thinking ends at its first
+    occurrence (no Cold Stop), and both engines agree on both phases, in a batch with MoI and Standard."""
+    probe = make_spec("soft_thinking", entropy_threshold=0.0, think_end_id=0)
+    prompts = [prompt_of(i, 9) for i in range(3)]
+    found = run(reference, [Request(id=str(i), prompt=p, method=probe, temperature=0.6, max_tokens=12, seed=i)
+                            for i, p in enumerate(prompts)])
+    requests = []
+    for i, p in enumerate(prompts):
+        tokens = found[str(i)].token_ids
+        end = make_spec("soft_thinking", entropy_threshold=0.0, think_end_id=tokens[4], after_thinking_temperature=0.0)
+        requests += [Request(id=f"st{i}", prompt=p, method=end, temperature=0.6, max_tokens=20, seed=i),
+                     Request(id=f"moi{i}", prompt=p, method=SPECS[3], temperature=0, max_tokens=20),
+                     Request(id=f"std{i}", prompt=p, method=SPECS[0], temperature=0, max_tokens=20)]
+    got, want = run(engine, requests), run(reference, requests)
+    assert_same(got, want, requests)
+    for i in range(3):
+        completion = got[f"st{i}"]
+        first = found[str(i)].token_ids.index(found[str(i)].token_ids[4])
+        assert completion.token_ids[: first + 1] == found[str(i)].token_ids[: first + 1]  # the same thinking
+        assert completion.method_stats["thinking_ended_at"] == first and not completion.method_stats["cold_stop"]
+        assert completion.mixed_steps == first
+
+
+def test_soft_thinking_state_survives_preemption(squeezed, reference):
+    """Soft Thinking requests in the squeezed engine, preempted and recomputed (their thinking
+    mixtures replayed from the history): the same tokens as the transformers engine. Thinking ends
+    by Cold Stop within a few tokens: fully soft inputs on a random-weight model are chaotic under
+    float noise, as Direct Mixture on real weights is, while the discrete tail is stable."""
+    before = squeezed.moi_summary()["replayed_steps"]
+    requests = [
+        Request(id=f"q{i}", prompt=prompt_of(i, 40 + 5 * i),
+                method=make_spec("soft_thinking", entropy_threshold=100.0, length_threshold=6 + i,
+                                 after_thinking_temperature=0.7, dirichlet_alpha=None if i % 2 else 2.0),
+                temperature=0.6, max_tokens=110, seed=100 + i)
+        for i in range(8)
+    ]
+    got = run(squeezed, requests)
+    assert_same(got, run(reference, requests), requests)
+    assert squeezed.moi_summary()["replayed_steps"] > before
+    ended = [got[r.id].method_stats for r in requests]
+    assert all(s["thinking_ended_at"] is not None for s in ended) and sum(s["cold_stop"] for s in ended) >= 4

@@ -6,14 +6,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from harness.methods import MixSpec
+from harness.methods import MethodSpec
 
 FINISH_REASONS = ("stop", "length")
 
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: its prompt, how generated tokens are fed back, and how to sample.
+    """One generation: its prompt, its decoding method, and how to sample.
 
     ``prompt`` is raw text, or chat messages (a list of ``{"role", "content"}`` dicts) that the
     engine renders with the model's chat template and its generation prompt. ``prefix`` is
@@ -25,7 +25,7 @@ class Request:
     id: str
     prompt: str | list[dict]
     prefix: str = ""
-    mix: MixSpec = field(default_factory=MixSpec)
+    method: MethodSpec = field(default_factory=MethodSpec)
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -37,7 +37,8 @@ class Request:
 @dataclass
 class Completion:
     """What a request produced. ``mixed_steps`` counts the generated tokens fed back as mixtures
-    (None when the engine cannot tell, e.g. a remote server)."""
+    (None when the engine cannot tell); ``method_stats`` holds the method's own counters (e.g.
+    Soft Thinking's ``thinking_ended_at`` and ``cold_stop``) and its per-step histograms."""
 
     text: str
     token_ids: list[int]
@@ -46,6 +47,7 @@ class Completion:
     completion_tokens: int
     mixed_steps: int | None = 0
     prompt_text: str = ""
+    method_stats: dict = field(default_factory=dict)
 
 
 class Engine(ABC):
@@ -95,3 +97,12 @@ def encode_prompt(tokenizer, request: Request) -> tuple[str, list[int]]:
     text, is_chat = render_prompt(tokenizer, request)
     ids = tokenizer(text, add_special_tokens=not is_chat)["input_ids"]
     return text, list(ids)
+
+
+def model_facts(tokenizer, model_cfg: dict) -> dict:
+    """What methods may take from the model (``Method.from_model``): the think-end token id of the
+    model's prompting config (the last id its text encodes to, as Soft Thinking's code takes), or
+    None when the model has no thinking delimiters."""
+    end = ((model_cfg.get("prompting") or {}).get("thinking") or {}).get("end")
+    ids = tokenizer.encode(end, add_special_tokens=False) if end else []
+    return {"think_end_id": int(ids[-1]) if ids else None}

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import httpx
 
 from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt
+from harness.methods import SEED_FIELD
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -27,8 +28,10 @@ class ServerError(RuntimeError):
 
 
 def wire_xargs(request: Request) -> dict:
-    """The request's MoI settings as ``vllm_xargs`` (JSON scalars only)."""
-    return {k: (int(v) if isinstance(v, bool) else v) for k, v in request.mix.to_extra_args().items()}
+    """The request's method as ``vllm_xargs`` (JSON scalars only; null parameters are left out, so
+    the server uses its own default for them, e.g. the model's think-end token)."""
+    fields = {**request.method.to_fields(), SEED_FIELD: request.seed}
+    return {k: (int(v) if isinstance(v, bool) else v) for k, v in fields.items() if v is not None}
 
 
 class OpenAIEngine(Engine):

@@ -1,19 +1,22 @@
 """The transformers reference engine: a plain batched decode loop, the oracle for the vLLM engine.
 
-Every step feeds the model ``inputs_embeds`` built by :mod:`harness.methods`: the embedding of the
-sampled token for Standard rows, the mixture for Direct Mixture and MoI rows. fp32 and
-deterministic; each request samples from its own seeded generator, so its output does not
-depend on what else is in the batch. Prompts are left-padded; finished rows leave the batch.
+Every step feeds the model ``inputs_embeds``: the sampled token's embedding for rows whose method
+does not mix (Standard), and for the others what their method (:mod:`harness.methods`) returns,
+with the same rule the vLLM runner calls. fp32 and deterministic; each request samples from its
+own seeded generator, so its output does not depend on what else is in the batch. Prompts are
+left-padded; finished rows leave the batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 
-from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt
-from harness.methods import mixing
+from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt, model_facts
+from harness.methods import Rows
+from harness.methods.batch import bucket, embed_feedback, mix_dense, numeric_params
 from harness.models import resolve_model
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
@@ -42,8 +45,12 @@ def sample_token(logits: torch.Tensor, request: Request, generator: torch.Genera
 class _Row:
     """A request being decoded."""
 
-    def __init__(self, request: Request, prompt_text: str, prompt_ids: list[int]):
+    def __init__(self, request: Request, prompt_text: str, prompt_ids: list[int], facts: dict):
         self.request = request
+        self.spec = request.method.with_model(facts)
+        self.params = numeric_params(self.spec)
+        self.state = dict(self.spec.impl.state)
+        self.histograms = {name: [0] * bins for name, (_, _, bins) in self.spec.impl.histograms.items()}
         self.prompt_text = prompt_text
         self.prompt_ids = prompt_ids
         self.generated: list[int] = []
@@ -51,6 +58,10 @@ class _Row:
         self.finish_reason: str | None = None
         self.text = ""
         self.generator = torch.Generator().manual_seed(request.seed)
+
+    def method_stats(self) -> dict:
+        stats = {"mixed_steps": self.mixed_steps, **self.spec.impl.report(self.state)}
+        return stats | {f"{name}_hist": counts for name, counts in self.histograms.items()}
 
 
 class TransformersEngine(Engine):
@@ -77,6 +88,7 @@ class TransformersEngine(Engine):
         ).to(self.device)
         self.model.eval()
         self.embed = self.model.get_input_embeddings()
+        self.facts = model_facts(self.tokenizer, model_cfg)
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -118,7 +130,7 @@ class TransformersEngine(Engine):
         rows = []
         for request in requests:
             text, ids = encode_prompt(self.tokenizer, request)
-            rows.append(_Row(request, text, ids))
+            rows.append(_Row(request, text, ids, self.facts))
         width = max(len(r.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -131,23 +143,28 @@ class TransformersEngine(Engine):
         cache, logits = out.past_key_values, out.logits[:, -1].float()
         active = list(range(len(rows)))  # batch position -> index into rows
         while active:
-            sampled = [sample_token(logits[b], rows[i].request, rows[i].generator) for b, i in enumerate(active)]
+            current = [rows[i] for i in active]
+            sampled = [sample_token(logits[b], row.request, row.generator) for b, row in enumerate(current)]
+            tokens, feedback = self._apply_methods(logits, sampled, current)
             keep = []
-            for b, i in enumerate(active):
-                if not self._append(rows[i], sampled[b]):
+            for b, row in enumerate(current):
+                if not self._append(row, tokens[b]):
                     keep.append(b)
                 else:
-                    yield rows[i].request, self._completion(rows[i])
+                    yield row.request, self._completion(row)
             if not keep:
                 return
-            inputs = self._next_inputs(logits, torch.tensor(sampled, device=self.device), [rows[i] for i in active])
+            inputs = self.embed(torch.tensor(tokens, device=self.device))
+            going_on = set(keep)
+            for index, fb in feedback:
+                inputs[index] = embed_feedback(fb, self.embed, self._dense).to(inputs.dtype)
+                for b, mixed in zip(index.tolist(), fb.mixed.tolist()):
+                    current[b].mixed_steps += int(mixed and b in going_on)  # positions actually fed a mixture
             if len(keep) < len(active):
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 inputs, mask, positions = inputs[index], mask[index], positions[index]
                 active = [active[b] for b in keep]
-            for i in active:
-                rows[i].mixed_steps += int(rows[i].request.mix.mixed)
             mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=self.device)], dim=1)
             positions = positions[:, -1:] + 1
             out = self.model(
@@ -159,19 +176,59 @@ class TransformersEngine(Engine):
             )
             cache, logits = out.past_key_values, out.logits[:, -1].float()
 
-    def _next_inputs(self, logits: torch.Tensor, sampled: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        """Input embeddings for the next step: plain for Standard rows, mixed for the others."""
-        inputs = self.embed(sampled)
-        specs = [row.request.mix for row in rows]
-        for members in mixing.group_rows(specs).values():
+    def _apply_methods(self, logits: torch.Tensor, sampled: list[int], rows: list[_Row]) -> tuple[list[int], list]:
+        """Each mixing method's rule on its rows: the tokens they emit (the sampled ones unless the
+        method chooses), their new state and histograms, and their next inputs' feedback."""
+        tokens = list(sampled)
+        groups: dict[tuple, list[int]] = {}
+        for b, row in enumerate(rows):
+            if row.spec.mixed:
+                groups.setdefault(row.spec.group, []).append(b)
+        feedback = []
+        for members in groups.values():
+            group = [rows[b] for b in members]
+            impl = group[0].spec.impl
             index = torch.tensor(members, device=self.device)
-            group_specs = [specs[m] for m in members]
-            support = mixing.support_of(logits[index], group_specs[0])
-            mixed = mixing.mixed_inputs(support, sampled[index], group_specs, self.embed, self.embed.weight)
-            if group_specs[0].support == "full":  # the dense product skips a scaled embedding's factor
-                mixed = mixed * getattr(self.embed, "embed_scale", 1.0)
-            inputs[index] = mixed
-        return inputs
+            batch = self._rows(group)
+            prepared = impl.prepare(logits[index], batch)
+            emitted = prepared.emitted
+            if emitted is None:
+                emitted = torch.tensor([sampled[b] for b in members], device=self.device)
+            fb = impl.feedback(prepared, emitted, batch)
+            stats = {**prepared.stats, **fb.stats}
+            for j, (b, row) in enumerate(zip(members, group)):
+                tokens[b] = int(emitted[j])
+                row.state.update({name: float(value[j]) for name, value in prepared.state.items()})
+                for name, values in stats.items():
+                    low, high, bins = impl.histograms[name]
+                    row.histograms[name][int(bucket(values[j : j + 1], low, high, bins))] += 1
+            feedback.append((index, fb))
+        return tokens, feedback
+
+    def _rows(self, group: list[_Row]) -> Rows:
+        """A group of rows as the method sees them (one tensor per parameter and state field)."""
+
+        def column(values) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+        first = group[0]
+        host = {name: np.array([row.params[name] for row in group]) for name in first.params}
+        host |= {name: np.array([getattr(row.request, name) for row in group], dtype=float) for name in ("temperature", "top_p", "top_k")}
+        return Rows(
+            params={name: column(values) for name, values in host.items() if name in first.params},
+            state={name: column([row.state[name] for row in group]) for name in first.state},
+            group=first.spec.params,
+            temperature=column([row.request.temperature for row in group]),
+            top_p=column([row.request.top_p for row in group]),
+            top_k=torch.tensor([row.request.top_k for row in group], device=self.device),
+            seed=torch.tensor([row.request.seed for row in group], device=self.device),
+            step=torch.tensor([len(row.generated) for row in group], device=self.device),
+            host=host,
+        )
+
+    def _dense(self, weights: torch.Tensor) -> torch.Tensor:
+        """Dense weights times the embedding matrix, with the model's embedding scale (Gemma)."""
+        return mix_dense(weights, self.embed.weight) * getattr(self.embed, "embed_scale", 1.0)
 
     def _append(self, row: _Row, token: int) -> bool:
         """Add a sampled token; return True when the row has finished."""
@@ -200,4 +257,5 @@ class TransformersEngine(Engine):
             completion_tokens=len(row.generated),
             mixed_steps=row.mixed_steps,
             prompt_text=row.prompt_text,
+            method_stats=row.method_stats(),
         )

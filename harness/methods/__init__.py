@@ -1,5 +1,27 @@
-"""Decoding methods: how a sampled token is fed back as the next input (the math both engines call)."""
+"""Decoding methods as plugins: how a sampled token is fed back as the next input.
 
-from harness.methods.spec import DEFAULT_K, EXTRA_ARGS_KEYS, METHODS, SUPPORTS, MixSpec
+One module per method (``standard``, ``direct_mixture``, ``moi``, ``soft_thinking``), each a
+:class:`~harness.methods.base.Method` registered by name; ``mixing`` and ``noise`` hold the math
+they share. Both engines, the vLLM request validator, run naming and the tables read this
+registry; none of them names a method. See README, "Adding a decoding method".
+"""
 
-__all__ = ["DEFAULT_K", "EXTRA_ARGS_KEYS", "METHODS", "SUPPORTS", "MixSpec"]
+from harness.methods.base import Feedback, Method, Param, Prepared, Rows
+from harness.methods.registry import (
+    FIELD_PREFIX,
+    METHOD_FIELD,
+    SEED_FIELD,
+    MethodSpec,
+    example_specs,
+    get_method,
+    make_spec,
+    method_names,
+    register,
+    spec_from_config,
+    spec_from_fields,
+)
+
+__all__ = [
+    "FIELD_PREFIX", "METHOD_FIELD", "SEED_FIELD", "Feedback", "Method", "MethodSpec", "Param", "Prepared", "Rows", "example_specs", "get_method",
+    "make_spec", "method_names", "register", "spec_from_config", "spec_from_fields",
+]

@@ -1,41 +1,21 @@
-"""Mixture of Inputs: the mixing weights and the mixed input embedding, engine independent.
+"""The math every decoding method shares, engine independent: supports of a distribution, entropy,
+the sampling filters, and mixed input embeddings.
 
-After a token ``y`` is sampled from the next-token distribution ``p``, the next step's input is
-``h = sum_i w_i E_i`` instead of ``E_y`` (``E`` is the input embedding matrix):
-
-- ``standard``:        ``w = onehot(y)``
-- ``direct_mixture``:  ``w = p``
-- ``moi`` (paper Eq. 5): ``w = (H p + (beta + 1 - H) onehot(y)) / (beta + 1)``, with
-  ``H = entropy(p) / log(|support|)`` in [0, 1].
-
-``p`` is the model's raw (temperature 1) distribution over a *support*:
-
-- ``support="topk"`` (default, the reference code's choice): the top ``k`` tokens, renormalised,
-  entropy normalised by ``log k``;
-- ``support="full"`` (the paper's text): the whole vocabulary, entropy normalised by ``log V``.
-
-Weights are kept in a sparse form that every engine can use: a weight per support token
-(``w_support``, shape ``[B, M]``) plus a weight for the sampled token (``w_obs``, shape ``[B]``),
-which always gets its observation weight, so the weights sum to 1 even when ``y`` lies outside
-the top k. ``reference_quirks=True`` reproduces the reference package (``mixinputs`` 0.1.1)
-instead: ``H (p + beta onehot_topk(y)) / (1 + beta) + (1 - H) onehot(y)``, whose weights sum to
-less than 1 when ``y`` is outside the top k.
-
-Everything here is vectorised over a batch with a different method and beta per row.
+A method's next input is ``h = sum_i w_i E_i`` (``E`` the input embedding matrix); its weights
+come as a sparse ``(ids [n, m], weights [n, m])`` pair or a dense ``[n, V]`` matrix, and
+:func:`mix` / :func:`mix_dense` turn them into embeddings with the model's own embedding (so
+scaled or vocabulary-parallel embeddings are handled by the model).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
 
-from harness.methods.spec import DIRECT_MIXTURE, MOI, STANDARD, MixSpec
-
 # --------------------------------------------------------------------------------------------
-# The distribution over the support
+# Distributions
 # --------------------------------------------------------------------------------------------
 
 
@@ -87,73 +67,53 @@ def normalized_entropy(probs: torch.Tensor) -> torch.Tensor:
     return -plogp.sum(dim=-1) / math.log(n)
 
 
-# --------------------------------------------------------------------------------------------
-# Weights
-# --------------------------------------------------------------------------------------------
+def candidates(top_k, vocab: int) -> int:
+    """How many candidates the sampling filters can keep: the largest top-k (host values), or the
+    whole vocabulary when some row has none."""
+    top_k = [int(k) for k in top_k]
+    return vocab if not top_k or min(top_k) <= 0 else min(vocab, max(top_k))
 
 
-def mixing_weights(
-    support_ids: torch.Tensor | None,
-    probs: torch.Tensor,
-    sampled: torch.Tensor,
-    methods: torch.Tensor,
-    betas: torch.Tensor,
-    reference_quirks: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixing weights for a batch, one method and beta per row.
+def filtered_distribution(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    width: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sampling distribution after temperature, top-k, top-p and min-p, renormalised after each
+    filter (in that order, as SGLang's samplers do), per row.
 
-    Args:
-        support_ids: ``[B, M]`` token ids of the support, or None for the full vocabulary
-            (then column ``j`` of ``probs`` is token ``j``).
-        probs: ``[B, M]`` the distribution over the support (rows sum to 1).
-        sampled: ``[B]`` the sampled token ids.
-        methods: ``[B]`` method codes (``STANDARD``, ``DIRECT_MIXTURE``, ``MOI``).
-        betas: ``[B]`` MoI strengths (ignored by the other methods).
-        reference_quirks: use the reference package's formula (see the module docstring).
-
-    Returns:
-        ``(w_support [B, M], w_obs [B])``: the weight of each support token and the extra
-        weight of the sampled token. The input is ``sum_j w_support[j] E[ids_j] + w_obs E[y]``.
+    Returns ``(ids [n, C], probs [n, C], entropy [n])``: the ``width`` most probable candidates
+    (:func:`candidates`: enough for every row's top-k), sorted, their filtered
+    probabilities (0 for tokens a filter removed), and the entropy in nats of the unfiltered
+    temperature-scaled distribution. ``temperature == 0`` rows are greedy: all mass on the argmax.
     """
-    probs = probs.float()
-    methods = methods.to(probs.device)
-    betas = betas.to(probs.device, torch.float32)
-    entropy = normalized_entropy(probs)
-    denom = betas + 1.0
-    if reference_quirks:
-        if support_ids is None:
-            raise ValueError("reference_quirks needs a top-k support")
-        in_support = (support_ids == sampled[:, None]).float()
-        moi_support = entropy[:, None] * (probs + betas[:, None] * in_support) / denom[:, None]
-        moi_obs = 1.0 - entropy
-    else:
-        moi_support = (entropy / denom)[:, None] * probs
-        moi_obs = (denom - entropy) / denom
-    is_moi = (methods == MOI)[:, None]
-    is_dm = (methods == DIRECT_MIXTURE)[:, None]
-    w_support = torch.where(is_moi, moi_support, torch.where(is_dm, probs, torch.zeros_like(probs)))
-    w_obs = torch.where(
-        methods == MOI, moi_obs, torch.where(methods == STANDARD, torch.ones_like(moi_obs), torch.zeros_like(moi_obs))
-    )
-    return w_support, w_obs
+    n, vocab = logits.shape
+    device = logits.device
+    greedy = temperature <= 0
+    scaled = logits.float() / torch.where(greedy, torch.ones_like(temperature), temperature).float()[:, None]
+    log_z = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    log_p = scaled - log_z
+    entropy = -(log_p.exp() * log_p).sum(dim=-1)
+    entropy = torch.where(greedy, torch.zeros_like(entropy), entropy)
+    limited = top_k > 0
+    values, ids = torch.topk(scaled, width, dim=-1)
+    probs = (values - log_z).exp()
+    position = torch.arange(width, device=device)[None, :]
+    first = position == 0
+    probs = torch.where(greedy[:, None], first.float().expand(n, width), probs)
+    keep = ~limited[:, None] | (position < top_k[:, None])
+    probs = _renormalised(probs * keep)
+    before = torch.cumsum(probs, dim=-1) - probs  # mass strictly above each candidate
+    probs = _renormalised(probs * ((before < top_p[:, None]) | first))
+    probs = _renormalised(probs * (probs >= min_p[:, None] * probs[:, :1]))
+    return ids, probs, entropy
 
 
-def dense_weights(
-    support_ids: torch.Tensor | None,
-    w_support: torch.Tensor,
-    sampled: torch.Tensor,
-    w_obs: torch.Tensor,
-    vocab_size: int,
-) -> torch.Tensor:
-    """The weights as a dense ``[B, V]`` matrix over the vocabulary."""
-    batch = w_support.shape[0]
-    dense = torch.zeros(batch, vocab_size, dtype=w_support.dtype, device=w_support.device)
-    if support_ids is None:
-        dense[:, : w_support.shape[1]] += w_support
-    else:
-        dense.scatter_add_(1, support_ids.long(), w_support)
-    dense.scatter_add_(1, sampled.long()[:, None], w_obs[:, None].to(dense.dtype))
-    return dense
+def _renormalised(probs: torch.Tensor) -> torch.Tensor:
+    return probs / probs.sum(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,22 +121,13 @@ def dense_weights(
 # --------------------------------------------------------------------------------------------
 
 
-def mix_embeddings(
-    support_ids: torch.Tensor,
-    w_support: torch.Tensor,
-    sampled: torch.Tensor,
-    w_obs: torch.Tensor,
-    embed: Callable[[torch.Tensor], torch.Tensor],
-) -> torch.Tensor:
-    """``sum_j w_support[j] E[ids_j] + w_obs E[y]`` for a top-k support, shape ``[B, H]``.
+def mix(ids: torch.Tensor, weights: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``sum_j weights[:, j] E[ids[:, j]]``, shape ``[n, H]``.
 
-    ``embed`` maps token ids to input embeddings (the model's own embedding module, so that
-    scaled or vocabulary-parallel embeddings are handled by the model). Sums run in fp32 and
-    the result has the embedding's dtype.
+    ``embed`` maps token ids to input embeddings (the model's own embedding module). Sums run in
+    fp32 and the result has the embedding's dtype.
     """
-    ids = torch.cat([support_ids.long(), sampled.long()[:, None]], dim=1)
-    weights = torch.cat([w_support, w_obs[:, None].to(w_support.dtype)], dim=1)
-    vectors = embed(ids)
+    vectors = embed(ids.long())
     # A batched matmul: on CPUs a broadcast multiply + sum over the middle dimension is ~10x slower.
     mixed = torch.bmm(weights.float().unsqueeze(1), vectors.float()).squeeze(1)
     return mixed.to(vectors.dtype)
@@ -191,61 +142,7 @@ def mix_dense(weights: torch.Tensor, embedding_matrix: torch.Tensor) -> torch.Te
     return (weights.float() @ matrix.float()).to(embedding_matrix.dtype)
 
 
-# --------------------------------------------------------------------------------------------
-# One step for a whole batch (what an engine calls)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SupportRows:
-    """The retained distribution of some rows: what a runner keeps between steps.
-
-    For ``topk`` rows: ``ids`` and ``probs`` are ``[n, k]``. For ``full`` rows: ``ids`` is None
-    and ``probs`` is ``[n, V]``.
-    """
-
-    ids: torch.Tensor | None
-    probs: torch.Tensor
-
-
-def support_of(logits: torch.Tensor, spec: MixSpec) -> SupportRows:
-    """The distribution a spec mixes over, from raw logits ``[n, V]``."""
-    if spec.support == "full":
-        return SupportRows(None, full_distribution(logits))
-    ids, probs = topk_distribution(logits, spec.k)
-    return SupportRows(ids, probs)
-
-
-def group_rows(specs: Sequence[MixSpec]) -> dict[tuple, list[int]]:
-    """Rows of mixed requests grouped by what shapes their support: (support, k, quirks)."""
-    groups: dict[tuple, list[int]] = {}
-    for row, spec in enumerate(specs):
-        if spec.mixed:
-            key = (spec.support, spec.k if spec.support == "topk" else 0, spec.reference_quirks)
-            groups.setdefault(key, []).append(row)
-    return groups
-
-
-def mixed_inputs(
-    supports: SupportRows,
-    sampled: torch.Tensor,
-    specs: Sequence[MixSpec],
-    embed: Callable[[torch.Tensor], torch.Tensor],
-    embedding_matrix: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mixed input embeddings ``[n, H]`` for rows that share one support shape.
-
-    ``supports`` holds the rows' retained distributions; ``specs`` their settings (all with the
-    same support, k and quirks flag). ``embedding_matrix`` is needed for the full support.
-    """
-    device = supports.probs.device
-    methods = torch.tensor([s.code for s in specs], device=device)
-    betas = torch.tensor([float(s.beta) for s in specs], device=device)
-    quirks = specs[0].reference_quirks
-    w_support, w_obs = mixing_weights(supports.ids, supports.probs, sampled, methods, betas, quirks)
-    if supports.ids is not None:
-        return mix_embeddings(supports.ids, w_support, sampled, w_obs, embed)
-    if embedding_matrix is None:
-        raise ValueError("support=full needs the embedding matrix")
-    dense = dense_weights(None, w_support, sampled, w_obs, supports.probs.shape[1])
-    return mix_dense(dense, embedding_matrix)
+def dense(ids: torch.Tensor, weights: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Sparse weights as a dense ``[n, V]`` matrix (repeated ids add up)."""
+    out = torch.zeros(weights.shape[0], vocab_size, dtype=weights.dtype, device=weights.device)
+    return out.scatter_add_(1, ids.long(), weights)

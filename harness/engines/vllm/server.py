@@ -12,7 +12,10 @@ import json
 import os
 import sys
 
-from harness.engines.vllm.engine import engine_args, precheck
+from transformers import AutoTokenizer
+
+from harness.engines.base import model_facts
+from harness.engines.vllm.engine import engine_args, precheck, with_model_facts
 from harness.engines.vllm.settings import MoIConfigError, default_spec
 from harness.errors import ConfigError
 from harness.models import resolve_model
@@ -54,8 +57,10 @@ def server_command(cfg: dict) -> tuple[list[str], dict[str, str]]:
     except MoIConfigError as err:
         raise ConfigError(f"serve.default: {err}") from None
     section = {**default, "log_requests": bool(serve.get("log_requests", True))}
-    engine["additional_config"] = {**(engine.get("additional_config") or {}), "moi": section}
     model = resolve_model(cfg["model"])
+    facts = model_facts(AutoTokenizer.from_pretrained(model.path, trust_remote_code=bool(cfg["model"].get("trust_remote_code"))),
+                        cfg["model"])
+    engine["additional_config"] = with_model_facts({**(engine.get("additional_config") or {}), "moi": section}, facts)
     args = engine_args(cfg["model"], engine, model.path)
     precheck(args)
     name = serve.get("served_model_name") or cfg["model"]["name"]

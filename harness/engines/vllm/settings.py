@@ -1,4 +1,4 @@
-"""MoI settings that apply to a whole vLLM process: the default spec and the guard rails.
+"""Settings that apply to a whole vLLM process: the default method and the guard rails.
 
 Both work on plain values so that the offline engine can check its engine arguments before
 loading anything, and the worker can check the final ``VllmConfig`` in every vLLM process.
@@ -10,79 +10,88 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from harness.methods import MixSpec
+from harness.methods import FIELD_PREFIX, MethodSpec, get_method, make_spec, method_names, spec_from_fields
 
-# Keys of ``additional_config["moi"]``: the process-wide default spec, plus logging.
-DEFAULT_KEYS = ("method", "beta", "support", "k", "reference_quirks")
-CONFIG_KEYS = (*DEFAULT_KEYS, "log_requests")
+# Keys of ``additional_config["moi"]`` besides the default method's (``method`` and its parameters).
+OWN_KEYS = ("log_requests", "model_facts")
 # The reference package's switch: MIXINPUTS_BETA=<beta>; a value <= -99 selects Direct Mixture.
 ENV_BETA = "MIXINPUTS_BETA"
 
 
 class MoIConfigError(ValueError):
-    """A vLLM setting that would silently corrupt MoI, or a malformed MoI default."""
+    """A vLLM setting that would silently corrupt a method, or a malformed process default."""
 
 
 def moi_section(additional_config: Any) -> dict:
-    """The ``moi`` section of vLLM's ``additional_config`` (empty when absent)."""
+    """The ``moi`` section of vLLM's ``additional_config`` (empty when absent): the default method
+    (``method`` and its parameters), ``log_requests``, and ``model_facts`` (what methods take from
+    the model, e.g. ``{"think_end_id": 151668}``)."""
     if not isinstance(additional_config, Mapping):
         return {}
     section = additional_config.get("moi") or {}
     if not isinstance(section, Mapping):
         raise MoIConfigError(f"additional_config['moi'] must be a mapping, got {section!r}")
-    unknown = sorted(set(section) - set(CONFIG_KEYS))
+    params = {p.name for name in method_names() for p in get_method(name).params}
+    valid = ("method", *OWN_KEYS, *sorted(params))
+    unknown = sorted(set(section) - set(valid))
     if unknown:
-        raise MoIConfigError(
-            f"unknown key(s) {', '.join(unknown)} in additional_config['moi']; valid keys: {', '.join(CONFIG_KEYS)}"
-        )
+        raise MoIConfigError(f"unknown key(s) {', '.join(unknown)} in additional_config['moi']; valid keys: {', '.join(valid)}")
     return dict(section)
 
 
-def env_default(environ: Mapping[str, str] | None = None) -> MixSpec:
+def model_facts(additional_config: Any) -> dict:
+    """What the engine told the runner about the model (``additional_config["moi"]["model_facts"]``)."""
+    facts = moi_section(additional_config).get("model_facts") or {}
+    if not isinstance(facts, Mapping):
+        raise MoIConfigError(f"additional_config['moi']['model_facts'] must be a mapping, got {facts!r}")
+    return dict(facts)
+
+
+def env_default(environ: Mapping[str, str] | None = None) -> MethodSpec:
     """The default from ``MIXINPUTS_BETA`` (as in the reference package), else Standard."""
     value = (os.environ if environ is None else environ).get(ENV_BETA, "").strip()
     if not value:
-        return MixSpec()
+        return MethodSpec()
     try:
         beta = float(value)
     except ValueError:
         raise MoIConfigError(f"{ENV_BETA} must be a number, got {value!r}") from None
     if beta <= -99:
-        return MixSpec(method="direct_mixture")
+        return make_spec("direct_mixture")
     try:
-        return MixSpec(method="moi", beta=beta)
+        return make_spec("moi", beta=beta)
     except ValueError as err:
         raise MoIConfigError(f"{ENV_BETA}={value}: {err}") from None
 
 
-def default_spec(additional_config: Any = None, environ: Mapping[str, str] | None = None) -> MixSpec:
+def default_spec(additional_config: Any = None, environ: Mapping[str, str] | None = None) -> MethodSpec:
     """The spec of requests that carry no ``moi_*`` fields.
 
     ``additional_config={"moi": {"method": ..., "beta": ...}}`` wins over ``MIXINPUTS_BETA``;
     a request's own fields always win over both.
     """
-    section = {k: v for k, v in moi_section(additional_config).items() if k in DEFAULT_KEYS}
+    section = {k: v for k, v in moi_section(additional_config).items() if k not in OWN_KEYS}
     if not section:
         return env_default(environ)
     try:
-        return MixSpec.from_extra_args({f"moi_{k}": v for k, v in section.items()})
+        return spec_from_fields({FIELD_PREFIX + k: v for k, v in section.items()})
     except ValueError as err:
         raise MoIConfigError(f"additional_config['moi']: {err}") from None
 
 
-def request_spec(extra_args: Mapping | None, default: MixSpec) -> MixSpec:
+def request_spec(extra_args: Mapping | None, default: MethodSpec) -> MethodSpec:
     """A request's spec: its ``moi_*`` fields over the process default.
 
     Raises ValueError (with a message naming the field) for malformed fields.
     """
     try:
-        return MixSpec.from_extra_args(dict(extra_args or {}), default)
+        return spec_from_fields(dict(extra_args or {}), default)
     except ValueError:
-        if default == MixSpec():
+        if default == MethodSpec():
             raise
         # A valid request that only conflicts with the process default (e.g. support=full over
         # a default with reference_quirks) is read over the plain defaults instead.
-        return MixSpec.from_extra_args(dict(extra_args or {}))
+        return spec_from_fields(dict(extra_args or {}))
 
 
 # --------------------------------------------------------------------------------------------

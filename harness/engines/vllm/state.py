@@ -1,49 +1,72 @@
-"""What the model runner keeps per request between steps, keyed by request id (never by row).
+"""What the model runner keeps per request between steps, keyed by request id (never by batch row).
 
 Each live request gets a number; its state lives in arrays indexed by that number, so a step
-touches all rows with a few vectorised operations:
+touches all rows of a group with a few vectorised operations. Requests of one *group* (one method
+and the parameters that shape its tensors, :attr:`MethodSpec.group`) share:
 
-- its spec (``mixed``, ``method``, ``beta``, and ``group``: requests of one group share a
-  support shape, i.e. support, k and quirks);
-- ``pending``: the support of its newest sampled token (a row of one of the step's
-  ``SupportRecord``s, on the device), consumed when that token is fed back;
-- its history: for every generated token already fed back, a row in a host-memory
-  ``HistoryArena``, which rebuilds its mixed input after a preemption (vLLM 0.32 recomputes
-  preempted requests): the top-k ids and probabilities (O(generated x k)), or for the
-  full-vocabulary support the mixed embedding itself (O(generated x hidden)). Rows reach the
-  arena one step late through ``Stager``, so the device never waits.
+- ``values``: host copies of each request's numeric parameters and sampling settings (uploaded
+  once per step and group, without waiting);
+- ``state``: the method's per-request state (e.g. Soft Thinking's phase) and the histograms of its
+  step statistics, on the device, updated there, never read back during a step;
+- ``arena``: the history, a host row per generated token already fed back (its sparse weights, or
+  for dense weights the mixed embedding), which rebuilds the inputs of a preempted request that
+  vLLM 0.32 recomputes. Rows reach it one step late through :class:`Stager`, so the device never
+  waits.
+
+Per request, ``pending``: the feedback of its newest sampled token (a row of one of the step's
+:class:`Pending` records, on the device), consumed when that token is fed back.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from harness.methods import MixSpec
+from harness.methods import Feedback, Method, MethodSpec
+from harness.methods.batch import numeric_params
 
 logger = logging.getLogger("vllm.moi")  # under vLLM's logger: shown in vLLM's logs
 
 # How many finished requests' counts are kept for callers that ask late (or never).
 MAX_FINISHED = 100_000
 NONE = -1
+SAMPLING = ("temperature", "top_p", "top_k", "seed")  # per-request settings a method sees in Rows
 
 
-@dataclass
-class SupportRecord:
-    """The supports computed at one sampling step for one group of rows (device tensors)."""
+class Uploader:
+    """Host arrays to the device without blocking the host.
 
-    ids: torch.Tensor | None  # [n, k] int64, or None for the full vocabulary
-    probs: torch.Tensor  # [n, k] or [n, V], fp32
+    On CUDA each name has a pinned staging buffer, reused from step to step, and the copy to the
+    device is ``non_blocking``: a copy from pageable memory would wait for the GPU stream. Reuse is
+    safe because every step ends in vLLM's own synchronisation (the sampled tokens go to the host)
+    before the next one writes the buffers; within a step, each use has a name of its own. On CPUs
+    the array is wrapped, not copied. ``transfers`` counts the copies made.
+    """
 
-    @property
-    def nbytes(self) -> int:
-        ids = 0 if self.ids is None else self.ids.numel() * self.ids.element_size()
-        return ids + self.probs.numel() * self.probs.element_size()
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.pinned = device.type == "cuda"
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.transfers = 0
+
+    def __call__(self, name: str, array: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(array))
+        if not self.pinned:
+            return host
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < host.numel() or buffer.dtype != host.dtype:
+            buffer = torch.empty(max(host.numel(), 256), dtype=host.dtype, pin_memory=True)
+            self.buffers[name] = buffer
+        staged = buffer[: host.numel()].view(host.shape)
+        staged.copy_(host)
+        self.transfers += 1
+        return staged.to(self.device, non_blocking=True)
 
 
 class HistoryArena:
@@ -89,36 +112,108 @@ class HistoryArena:
 
 
 class Stager:
-    """Copies history rows device -> host without waiting; ``flush`` files them a step later."""
+    """Device -> host copies that do not wait; each batch is resolved a step later (or on demand)."""
 
     def __init__(self, device: torch.device) -> None:
         self.is_cuda = device.type == "cuda"
-        self.batches: list[tuple[int, np.ndarray, dict[str, torch.Tensor], object]] = []
+        self.batches: list[tuple[object, dict[str, torch.Tensor], object]] = []
 
-    def stage(self, group: int, numbers: np.ndarray, rows: dict[str, torch.Tensor]) -> None:
-        host = {name: t.detach().to("cpu", non_blocking=True) for name, t in rows.items()}
+    def stage(self, tag: object, tensors: dict[str, torch.Tensor]) -> None:
+        host = {name: t.detach().to("cpu", non_blocking=True) for name, t in tensors.items()}
         event = None
         if self.is_cuda:
             event = torch.cuda.Event()
             event.record()
-        self.batches.append((group, numbers, host, event))
+        self.batches.append((tag, host, event))
+
+    def take(self) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """Every staged batch, its copies finished (their events have long passed, a step later)."""
+        out = []
+        for tag, host, event in self.batches:
+            if event is not None:
+                event.synchronize()
+            out.append((tag, {name: t.numpy() for name, t in host.items()}))
+        self.batches.clear()
+        return out
 
 
-class MoIBatchState:
-    """All requests' MoI state in one runner, plus the counters a run reports."""
+@dataclass
+class Pending:
+    """The feedback computed at one sampling step for one group's rows (device tensors)."""
 
-    def __init__(self, default: MixSpec, device: torch.device, log_requests: bool = False) -> None:
+    feedback: Feedback
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [self.feedback.weights, self.feedback.mixed] + ([self.feedback.ids] if self.feedback.ids is not None else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class Group:
+    """The requests of one method whose tensors share shapes, with their per-request arrays."""
+
+    impl: Method
+    spec: MethodSpec  # a representative: its grouped parameters are every member's
+    columns: list[str]  # numeric parameters, then SAMPLING: the columns of ``values``
+    values: np.ndarray  # [capacity, len(columns)] float64, by request number
+    state: dict[str, torch.Tensor] = field(default_factory=dict)  # [capacity] float32 on the device
+    histograms: dict[str, torch.Tensor] = field(default_factory=dict)  # [capacity, bins] float32
+    arena: HistoryArena = field(default_factory=HistoryArena)
+
+    def grow(self, capacity: int) -> None:
+        old = self.values.shape[0]
+        if capacity <= old:
+            return
+        values = np.zeros((capacity, len(self.columns)))
+        values[:old] = self.values
+        self.values = values
+        for name, tensor in self.state.items():
+            self.state[name] = torch.cat([tensor, tensor.new_full((capacity - old,), self.impl.state[name])])
+        for name, tensor in self.histograms.items():
+            self.histograms[name] = torch.cat([tensor, tensor.new_zeros(capacity - old, tensor.shape[1])])
+
+
+class BatchState:
+    """All requests' method state in one runner, plus the counters a run reports."""
+
+    _FIELDS = {  # host arrays by request number: (dtype, fill)
+        "mixed": (bool, False),
+        "group": (np.int64, NONE),
+        "num_prompt": (np.int64, 0),
+        "pending_record": (np.int64, NONE),
+        "pending_row": (np.int64, NONE),
+        "pending_gen_index": (np.int64, NONE),  # which generated token the pending feedback is for
+        "stored": (np.int64, 0),  # generated tokens fed back (in the history or staged for it)
+        "filed": (np.int64, 0),  # of those, rows already in the history arena
+        "replayed": (np.int64, 0),  # inputs rebuilt from the history (after preemptions)
+    }
+
+    mixed: np.ndarray
+    group: np.ndarray
+    num_prompt: np.ndarray
+    pending_record: np.ndarray
+    pending_row: np.ndarray
+    pending_gen_index: np.ndarray
+    stored: np.ndarray
+    filed: np.ndarray
+    replayed: np.ndarray
+
+    def __init__(self, default: MethodSpec, facts: dict, device: torch.device, log_requests: bool = False) -> None:
         self.default = default
+        self.facts = facts
+        self.device = device
         self.log_requests = log_requests
+        self.upload = Uploader(device)
         self.stager = Stager(device)
         self.index: dict[str, int] = {}  # request id -> number
-        self.specs: list[MixSpec | None] = []
+        self.specs: list[MethodSpec | None] = []
         self.slots: list[list[int]] = []  # history slots by generated index
         self.free_numbers: list[int] = []
-        self.groups: dict[tuple, int] = {}  # (support, k, quirks) -> group
-        self.group_specs: list[MixSpec] = []
-        self.arenas: list[HistoryArena] = []
-        self.records: dict[int, SupportRecord] = {}
+        self.groups: list[Group] = []
+        self.group_ids: dict[tuple, int] = {}
+        self.mixed_count = torch.zeros(0, device=device)  # fed-back mixtures per request, on the device
+        self.records: dict[int, Pending] = {}
         self.next_record = 0
         self._grow(64)
         self.num_mixed_live = 0
@@ -127,35 +222,9 @@ class MoIBatchState:
         self.totals = {"requests": 0, "mixed_requests": 0, "mixed_steps": 0, "replayed_steps": 0, "resumed": 0}
         self.history_bytes_peak = 0
         self.device_bytes_peak = 0
-        self.host_seconds = 0.0  # wall time in MoI's hooks (on GPUs: launching, not running, kernels)
+        self.host_seconds = 0.0  # wall time in the hooks (on GPUs: launching, not running, kernels)
 
     # -- per-request arrays ---------------------------------------------------------------------
-
-    _FIELDS = {
-        "mixed": (bool, False),
-        "group": (np.int64, NONE),
-        "method": (np.int64, 0),
-        "beta": (np.float32, 0.0),
-        "num_prompt": (np.int64, 0),
-        "pending_record": (np.int64, NONE),
-        "pending_row": (np.int64, NONE),
-        "pending_gen_index": (np.int64, NONE),  # which generated token the pending support is for
-        "stored": (np.int64, 0),  # generated tokens fed back (in the history or staged for it)
-        "filed": (np.int64, 0),  # of those, rows already in the history arena
-        "replayed": (np.int64, 0),  # mixed inputs rebuilt from the history (after preemptions)
-    }
-
-    mixed: np.ndarray
-    group: np.ndarray
-    method: np.ndarray
-    beta: np.ndarray
-    num_prompt: np.ndarray
-    pending_record: np.ndarray
-    pending_row: np.ndarray
-    pending_gen_index: np.ndarray
-    stored: np.ndarray
-    filed: np.ndarray
-    replayed: np.ndarray
 
     def _grow(self, capacity: int) -> None:
         """Room for ``capacity`` live requests (the arrays above, by request number)."""
@@ -165,6 +234,9 @@ class MoIBatchState:
             if old:
                 arr[:old] = getattr(self, name)
             setattr(self, name, arr)
+        self.mixed_count = torch.cat([self.mixed_count, self.mixed_count.new_zeros(capacity - old)])
+        for group in self.groups:
+            group.grow(capacity)
         self.free_numbers.extend(range(capacity - 1, old - 1, -1))
         self.specs.extend([None] * (capacity - old))
         self.slots.extend([] for _ in range(capacity - old))
@@ -178,15 +250,22 @@ class MoIBatchState:
     def has_mixed(self) -> bool:
         return self.num_mixed_live > 0
 
-    def group_of(self, spec: MixSpec) -> int:
-        key = (spec.support, spec.k if spec.support == "topk" else 0, spec.reference_quirks)
-        if key not in self.groups:
-            self.groups[key] = len(self.group_specs)
-            self.group_specs.append(spec)
-            self.arenas.append(HistoryArena())
-        return self.groups[key]
+    def group_of(self, spec: MethodSpec) -> int:
+        key = spec.group
+        if key not in self.group_ids:
+            impl = spec.impl
+            columns = [*numeric_params(spec), *SAMPLING]
+            group = Group(impl, spec, columns, np.zeros((len(self.specs), len(columns))))
+            capacity = len(self.specs)
+            group.state = {name: torch.full((capacity,), fill, device=self.device) for name, fill in impl.state.items()}
+            group.histograms = {name: torch.zeros(capacity, bins, device=self.device) for name, (_, _, bins) in impl.histograms.items()}
+            self.group_ids[key] = len(self.groups)
+            self.groups.append(group)
+        return self.group_ids[key]
 
-    def add(self, req_id: str, spec: MixSpec, num_prompt: int) -> None:
+    def add(self, req_id: str, spec: MethodSpec, num_prompt: int, sampling: dict) -> None:
+        """A new request: its number, its group, its parameters and sampling settings, fresh state."""
+        spec = spec.with_model(self.facts)
         if not self.free_numbers:
             self._grow(2 * len(self.specs))
         num = self.free_numbers.pop()
@@ -194,66 +273,86 @@ class MoIBatchState:
         self.specs[num] = spec
         self.slots[num] = []
         self.mixed[num] = spec.mixed
-        self.group[num] = self.group_of(spec)
-        self.method[num] = spec.code
-        self.beta[num] = spec.beta
         self.num_prompt[num] = num_prompt
         self.totals["requests"] += 1
-        if spec.mixed:
-            self.num_mixed_live += 1
-            self.totals["mixed_requests"] += 1
+        if not spec.mixed:
+            return
+        g = self.group_of(spec)
+        self.group[num] = g
+        group = self.groups[g]
+        seed = sampling.get("seed")
+        values = {**numeric_params(spec), **sampling, "seed": random.getrandbits(31) if seed is None else seed}
+        group.values[num] = [values[c] for c in group.columns]
+        for name, fill in group.impl.state.items():  # on the device, ordered before any later read
+            group.state[name][num] = fill
+        for tensor in group.histograms.values():
+            tensor[num] = 0
+        self.mixed_count[num] = 0
+        self.num_mixed_live += 1
+        self.totals["mixed_requests"] += 1
 
     def stats(self, num: int) -> dict:
+        """A live request's counts, read from the device now (for callers outside the hooks)."""
         spec = self.specs[num]
-        return {
-            "method": spec.method,
-            "beta": spec.beta,
-            "support": spec.support,
-            "k": spec.k,
-            "mixed_steps": int(self.stored[num]) if spec.mixed else 0,
-            "replayed_steps": int(self.replayed[num]),
-        }
+        out = {"method": spec.method, **spec.params, "mixed_steps": 0, "replayed_steps": int(self.replayed[num])}
+        if spec.mixed:
+            group = self.groups[int(self.group[num])]
+            state = {name: float(t[num]) for name, t in group.state.items()}
+            out.update(group.impl.report(state), mixed_steps=int(self.mixed_count[num]))
+            out.update({f"{name}_hist": [int(v) for v in t[num].tolist()] for name, t in group.histograms.items()})
+        return out
 
     def finish(self, req_ids: Iterable[str]) -> None:
-        for req_id in req_ids:
-            num = self.index.pop(req_id, None)
-            if num is None:
-                continue
-            stats = self.stats(num)
-            if self.specs[num].mixed:
-                self.num_mixed_live -= 1
+        """Forget finished requests; their device counters are copied out without waiting."""
+        done = [(req_id, self.index.pop(req_id)) for req_id in req_ids if req_id in self.index]
+        if not done:
+            return
+        by_group: dict[int, list[tuple[str, int]]] = {}
+        for req_id, num in done:
+            if self.mixed[num]:
+                by_group.setdefault(int(self.group[num]), []).append((req_id, num))
+            else:
+                self._file_finished(req_id, {"method": self.specs[num].method, **self.specs[num].params,
+                                             "mixed_steps": 0, "replayed_steps": int(self.replayed[num])})
+        for g, members in by_group.items():
+            group = self.groups[g]
+            numbers = self.upload(f"finished{g}", np.array([num for _, num in members], dtype=np.int64))
+            tensors = {"mixed_steps": self.mixed_count.index_select(0, numbers)}
+            tensors |= {f"state:{name}": t.index_select(0, numbers) for name, t in group.state.items()}
+            tensors |= {f"hist:{name}": t.index_select(0, numbers) for name, t in group.histograms.items()}
+            known = [{"method": self.specs[num].method, **self.specs[num].params, "replayed_steps": int(self.replayed[num])}
+                     for _, num in members]
+            self.stager.stage(("finished", g, [r for r, _ in members], known), tensors)
+            self.num_mixed_live -= len(members)
+        for _, num in done:
             if self.slots[num]:
-                self.arenas[int(self.group[num])].free.extend(self.slots[num])
+                self.groups[int(self.group[num])].arena.free.extend(self.slots[num])
             self.specs[num], self.slots[num] = None, []
             for name, (_, fill) in self._FIELDS.items():
                 getattr(self, name)[num] = fill
             self.free_numbers.append(num)
-            self.totals["mixed_steps"] += stats["mixed_steps"]
-            self.totals["replayed_steps"] += stats["replayed_steps"]
-            if req_id in self.reported:
-                self.reported.discard(req_id)
-            else:
-                self.finished[req_id] = stats
-                if len(self.finished) > MAX_FINISHED:
-                    self.finished.popitem(last=False)
-            if self.log_requests and stats["mixed_steps"]:
-                logger.info(
-                    "MoI request %s finished: method=%s beta=%s mixed_steps=%d replayed_steps=%d",
-                    req_id,
-                    stats["method"],
-                    stats["beta"],
-                    stats["mixed_steps"],
-                    stats["replayed_steps"],
-                )
         if not self.num_mixed_live:
             self.records.clear()
 
-    # -- supports kept between steps --------------------------------------------------------------
+    def _file_finished(self, req_id: str, stats: dict) -> None:
+        self.totals["mixed_steps"] += stats["mixed_steps"]
+        self.totals["replayed_steps"] += stats["replayed_steps"]
+        if req_id in self.reported:
+            self.reported.discard(req_id)
+        else:
+            self.finished[req_id] = stats
+            if len(self.finished) > MAX_FINISHED:
+                self.finished.popitem(last=False)
+        if self.log_requests and stats["mixed_steps"]:
+            logger.info("MoI request %s finished: method=%s mixed_steps=%d replayed_steps=%d", req_id,
+                        stats["method"], stats["mixed_steps"], stats["replayed_steps"])
 
-    def keep(self, record: SupportRecord, numbers: np.ndarray, gen_index: np.ndarray) -> None:
+    # -- feedback kept between steps ----------------------------------------------------------------
+
+    def keep(self, pending: Pending, numbers: np.ndarray, gen_index: np.ndarray) -> None:
         """These requests' newest sampled tokens (their ``gen_index``-th generated tokens) have
-        ``record``'s rows, in order."""
-        self.records[self.next_record] = record
+        ``pending``'s rows, in order."""
+        self.records[self.next_record] = pending
         self.pending_record[numbers] = self.next_record
         self.pending_row[numbers] = np.arange(len(numbers))
         self.pending_gen_index[numbers] = gen_index
@@ -266,26 +365,33 @@ class MoIBatchState:
             del self.records[rid]
         return sum(record.nbytes for record in self.records.values())
 
-    # -- history ------------------------------------------------------------------------------------
+    # -- staged copies: history rows and finished requests' counters ----------------------------------
 
     def flush(self) -> None:
-        """File the rows staged last step into the arenas (their copies have finished by now)."""
+        """File what was staged (the copies have finished by now, a step later)."""
         if not self.stager.batches:
             return
-        for group, numbers, host, event in self.stager.batches:
-            if event is not None:
-                event.synchronize()
-            slots = self.arenas[group].put({name: t.numpy() for name, t in host.items()})
-            for num, slot in zip(numbers.tolist(), slots):
-                self.slots[num].append(slot)
-            self.filed[numbers] += 1
-        self.stager.batches.clear()
+        for tag, host in self.stager.take():
+            if tag[0] == "history":
+                _, g, numbers = tag
+                slots = self.groups[g].arena.put(host)
+                for num, slot in zip(numbers.tolist(), slots):
+                    self.slots[num].append(slot)
+                self.filed[numbers] += 1
+            else:
+                _, g, req_ids, known = tag
+                impl = self.groups[g].impl
+                for j, (req_id, stats) in enumerate(zip(req_ids, known)):
+                    state = {name[6:]: float(v[j]) for name, v in host.items() if name.startswith("state:")}
+                    stats = {**stats, "mixed_steps": int(host["mixed_steps"][j]), **impl.report(state)}
+                    stats |= {f"{name[5:]}_hist": [int(x) for x in v[j]] for name, v in host.items() if name.startswith("hist:")}
+                    self._file_finished(req_id, stats)
         self.history_bytes_peak = max(self.history_bytes_peak, self.history_bytes)
 
     @property
     def history_bytes(self) -> int:
         """Host memory held by the history arenas (their capacity)."""
-        return sum(arena.nbytes for arena in self.arenas)
+        return sum(group.arena.nbytes for group in self.groups)
 
     def note_device_bytes(self, nbytes: int) -> None:
         self.device_bytes_peak = max(self.device_bytes_peak, nbytes)
@@ -298,6 +404,7 @@ class MoIBatchState:
         vLLM reports a request finished before its runner hears of it, so a request may still be
         live here: its counts are already final (its last token is never fed back).
         """
+        self.flush()
         out = {}
         for req_id in req_ids:
             if req_id in self.finished:
@@ -308,13 +415,15 @@ class MoIBatchState:
         return out
 
     def summary(self) -> dict:
+        self.flush()
         live = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
         live_mixed = live[self.mixed[live]] if len(live) else live
+        live_steps = int(self.mixed_count[torch.from_numpy(live_mixed).to(self.device)].sum()) if len(live_mixed) else 0
         return {
-            "default": self.default.to_extra_args(),
+            "default": self.default.to_fields(),
             "requests": self.totals["requests"],
             "mixed_requests": self.totals["mixed_requests"],
-            "mixed_steps": self.totals["mixed_steps"] + int(self.stored[live_mixed].sum()),
+            "mixed_steps": self.totals["mixed_steps"] + live_steps,
             "replayed_steps": self.totals["replayed_steps"] + int(self.replayed[live].sum()),
             "resumed_requests": self.totals["resumed"],
             "live_requests": len(self.index),
@@ -322,4 +431,5 @@ class MoIBatchState:
             "history_bytes_peak": self.history_bytes_peak,
             "device_bytes_peak": self.device_bytes_peak,
             "host_seconds": round(self.host_seconds, 6),
+            "host_to_device_copies": self.upload.transfers,
         }
