@@ -301,4 +301,4 @@ def test_soft_thinking_state_survives_preemption(squeezed, reference):
     assert_same(got, run(reference, requests), requests)
     assert squeezed.moi_summary()["replayed_steps"] > before
     ended = [got[r.id].method_stats for r in requests]
-    assert all(s["thinking_ended_at"] is not None for s in ended) and sum(s["cold_stop"] for s in ended) >= 4
+    assert sum(s["cold_stop"] for s in ended) >= 6  # (a request may also end, on the model's own EOS, before it)
