@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter, defaultdict
 
@@ -28,6 +29,28 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def ids_digest(ids) -> str:
+    """A short hash of a problem set (its sorted ids): what tells two problem sets apart."""
+    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()[:16]
+
+
+def method_counters(samples: list[dict]) -> dict:
+    """The methods' own per-sample counters, summed up: for a number or flag its mean and how many
+    samples have it; for a histogram (a list) the counts added bin by bin."""
+    values: dict[str, list] = defaultdict(list)
+    for sample in samples:
+        for name, value in (sample.get("method_stats") or {}).items():
+            if value is not None and name != "mixed_steps":
+                values[name].append(value)
+    out = {}
+    for name, found in sorted(values.items()):
+        if all(isinstance(v, list) for v in found):
+            out[name] = [sum(column) for column in zip(*found)]
+        elif all(isinstance(v, (int, float)) for v in found):
+            out[name] = {"mean": sum(map(float, found)) / len(found), "samples": len(found)}
+    return out
 
 
 def summarize(samples: list[dict], expected: int | None = None) -> dict:
@@ -59,6 +82,7 @@ def summarize(samples: list[dict], expected: int | None = None) -> dict:
             "fraction_of_fed_back_tokens": sum(mixed) / fed_back if fed_back else 0.0,
             "unknown": n - len(mixed),  # samples from engines that cannot count (a remote server)
         },
+        "method_stats": method_counters(samples),
     }
     sizes = {len(v) for v in by_problem.values()}
     if len(sizes) == 1 and (size := sizes.pop()) > 1:

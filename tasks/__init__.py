@@ -7,7 +7,7 @@ import pkgutil
 
 from harness.tasks.base import Grade, Task, final_answer_text
 
-__all__ = ["Grade", "Task", "final_answer_text", "get_task", "register", "task_names"]
+__all__ = ["Grade", "Task", "final_answer_text", "get_task", "register", "task_label", "task_names", "task_order"]
 
 _REGISTRY: dict[str, type[Task]] = {}
 _INTERNAL = {"base", "data"}
@@ -30,6 +30,22 @@ def _discover() -> None:
 def task_names() -> list[str]:
     _discover()
     return sorted(_REGISTRY)
+
+
+def task_label(name: str) -> str:
+    """What tables call a task (its name when it is not registered)."""
+    try:
+        return get_task(name).label or name
+    except ValueError:
+        return name
+
+
+def task_order(name: str) -> tuple:
+    """Where a task goes in tables: the paper's tasks first, then the others by name."""
+    try:
+        return (get_task(name).order, name)
+    except ValueError:
+        return (1000, name)
 
 
 def get_task(name: str) -> Task:

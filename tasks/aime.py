@@ -99,6 +99,8 @@ class AIME(Task):
     """The paper's AIME set (90 problems, 2022-2024)."""
 
     name = "aime"
+    label = "AIME"
+    order = 0
     version = 1
 
     def load(self, cfg: dict) -> tuple[list[dict], dict]:
@@ -128,6 +130,11 @@ class AIME(Task):
         template = REFERENCE_PROMPT if reference else PROMPT
         return [{"role": "user", "content": template.format(problem=problem["problem"])}], {}
 
+    self_contained = True
+
+    def gold(self, problem: dict) -> dict:
+        return {"answer": problem["answer"]}
+
     def grade(self, problem: dict, completion: str, meta: dict, cfg: dict) -> Grade:
         return score(problem["answer"], answer_text(completion, meta), _math_verify_timeout(cfg))
 
@@ -137,6 +144,7 @@ class AIME24(AIME):
     """AIME 2024 I and II (30 problems): the same task and grader on another data set."""
 
     name = "aime24"
+    label = "AIME 2024"
 
 
 @register
@@ -144,3 +152,4 @@ class AIME25(AIME):
     """AIME 2025 I and II (30 problems): the same task and grader on another data set."""
 
     name = "aime25"
+    label = "AIME 2025"

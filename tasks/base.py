@@ -41,9 +41,12 @@ class Grade:
 
 
 class Task(ABC):
-    """One benchmark. Subclasses set ``name`` and ``version`` and implement the three methods."""
+    """One benchmark. Subclasses set ``name``, ``label`` (what tables print), ``order`` (the
+    paper's task order first) and ``version``, and implement the three methods."""
 
     name: str = ""
+    label: str = ""
+    order: int = 100
     version: int = 1
 
     @abstractmethod
@@ -58,6 +61,14 @@ class Task(ABC):
     @abstractmethod
     def grade(self, problem: dict, completion: str, meta: dict, cfg: dict) -> Grade:
         """Grade one completion. Must be a pure function of its arguments."""
+
+    def gold(self, problem: dict) -> dict:
+        """What a stored sample keeps of its problem so that it can be graded again without the
+        data: the fields the grader reads (override; the default keeps nothing)."""
+        return {}
+
+    #: Whether :meth:`gold` (with the sample's meta) is all the grader needs.
+    self_contained: bool = False
 
     def stop(self, cfg: dict) -> list[str]:
         """Stop strings for generation (from the config by default)."""

@@ -104,6 +104,8 @@ def score(answer: str | None, nums: list[int], target: int) -> Grade:
 @register
 class CountDown(Task):
     name = "countdown"
+    label = "CountDown4"
+    order = 1
     version = 1
 
     def load(self, cfg: dict) -> tuple[list[dict], dict]:
@@ -120,6 +122,11 @@ class CountDown(Task):
     def prompt(self, problem: dict, seed: int, cfg: dict) -> tuple[list[dict], dict]:
         text = PROMPT.format(nums=problem["nums"], target=problem["target"])
         return [{"role": "user", "content": text}], {}
+
+    self_contained = True
+
+    def gold(self, problem: dict) -> dict:
+        return {"nums": problem["nums"], "target": problem["target"]}
 
     def grade(self, problem: dict, completion: str, meta: dict, cfg: dict) -> Grade:
         return score(extract_answer(completion), problem["nums"], problem["target"])

@@ -176,6 +176,8 @@ def correct_letter(meta: dict) -> str:
 @register
 class GPQADiamond(Task):
     name = "gpqa_diamond"
+    label = "GPQA-D"
+    order = 2
     version = 1
 
     def load(self, cfg: dict) -> tuple[list[dict], dict]:
@@ -192,6 +194,11 @@ class GPQADiamond(Task):
             "permutation": order,
             "correct_letter": LETTERS[order.index(0)],
         }
+
+    self_contained = True  # the correct letter follows from the option permutation stored in the meta
+
+    def gold(self, problem: dict) -> dict:
+        return {}  # never the question text: the permutation in the sample's meta is enough
 
     def grade(self, problem: dict, completion: str, meta: dict, cfg: dict) -> Grade:
         gold = correct_letter(meta)

@@ -259,6 +259,8 @@ def grade_code(code: str | None, problem: dict, cfg: dict) -> Grade:
 @register
 class LiveCodeBench(Task):
     name = "livecodebench"
+    label = "LiveCodeBench"
+    order = 3
     version = 1
 
     def load(self, cfg: dict) -> tuple[list[dict], dict]:
@@ -266,6 +268,10 @@ class LiveCodeBench(Task):
 
     def prompt(self, problem: dict, seed: int, cfg: dict) -> tuple[list[dict], dict]:
         return build_prompt(problem, cfg.get("prompt_style") or "user"), {}
+
+    def gold(self, problem: dict) -> dict:
+        # the tests stay in the data file (the record names it by problem id and the file's sha256)
+        return {"tests": len(problem["tests"]), "fn_name": problem.get("fn_name")}
 
     def grade(self, problem: dict, completion: str, meta: dict, cfg: dict) -> Grade:
         return grade_code(extract_code(final_answer_text(completion, meta)), problem, cfg)

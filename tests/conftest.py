@@ -33,25 +33,37 @@ def tiny_model_cfg(tiny_model_path) -> dict:
 
 
 def _write_run(root, *, task: str, method: str, correct: list, model: str = "m", paper_name: str | None = None,
-               beta=None, temperature: float = 0.6, top_p: float = 0.95, seed: int = 0) -> Path:
+               beta=None, temperature: float = 0.6, top_p: float = 0.95, seed: int = 0, method_params: dict | None = None,
+               task_params: dict | None = None, legacy: bool = False) -> Path:
     """A synthetic run directory: one sample per problem ``p0, p1, ...`` (``correct[i]``), or
-    several when ``correct[i]`` is a list."""
+    several when ``correct[i]`` is a list. Its summary holds an identity and a view as the runner
+    writes them (``legacy``: a summary of earlier versions, without them)."""
+    import hashlib
+    import json
+
+    from harness.stats import ids_digest
     from harness.storage import RunDir, write_json
 
     beta = beta if method == "moi" else None
-    name = f"{method}-{beta}-{temperature}-{top_p}-{seed}"
-    run = RunDir(Path(root) / task / model / name)
+    params = {**({"beta": float(beta)} if beta is not None else {}), **(method_params or {})}
+    identity = {"model": {"name": model}, "task": {"name": task, **(task_params or {})}, "method": {"name": method, **params},
+                "sampling": {"temperature": temperature, "top_p": top_p}, "seed": seed, "engine": "vllm"}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    run = RunDir(Path(root) / task / model / f"{method}-{beta}-{temperature}-{top_p}-{seed}-{digest}")
     outcomes = [c if isinstance(c, list) else [c] for c in correct]
     for p, samples in enumerate(outcomes):
         for i, ok in enumerate(samples):
             run.append_sample({"key": f"p{p}#{i}", "problem_id": f"p{p}", "sample_index": i, "correct": bool(ok)})
     run.close()
     n = sum(len(s) for s in outcomes)
-    write_json(run.path / "summary.json", {
-        "model": model, "task": task, "method": method, "beta": beta, "temperature": temperature, "top_p": top_p,
-        "seed": seed, "engine": "vllm", "accuracy": sum(map(sum, outcomes)) / n, "stderr": 0.0, "n": n,
-        "complete": True,
-    })
+    ids = [f"p{p}" for p in range(len(outcomes))]
+    summary = {"model": model, "task": task, "method": method, "beta": beta, "temperature": temperature, "top_p": top_p,
+               "seed": seed, "engine": "vllm", "accuracy": sum(map(sum, outcomes)) / n, "stderr": 0.0, "n": n,
+               "complete": True}
+    if not legacy:
+        summary |= {"identity": identity, "view": {"problems": len(ids), "problem_ids": ids, "problem_ids_sha256": ids_digest(ids),
+                                                   "n_samples": max(len(s) for s in outcomes)}}
+    write_json(run.path / "summary.json", summary)
     config = {"model": {"name": model, "paper_name": paper_name or model}, "task": {"name": task}}
     (run.path / "config.yaml").write_text(__import__("yaml").safe_dump(config))
     return run.path

@@ -43,7 +43,7 @@ def test_transient_failures_are_retried_and_settings_travel_in_vllm_xargs(monkey
     assert got is request and len(calls) == 3
     body = json.loads(calls[-1].content)
     assert body["vllm_xargs"] == {"moi_method": "moi", "moi_beta": 2.0, "moi_support": "topk", "moi_k": 20,
-                                  "moi_reference_quirks": 1}
+                                  "moi_reference_quirks": 1, "moi_seed": 11}
     assert (body["prompt"], body["seed"], body["top_k"], body["max_tokens"]) == ("What is 6 x 7?", 11, 5, 3)
     assert (completion.text, completion.finish_reason, completion.prompt_tokens, completion.completion_tokens) == (
         "42", "length", 7, 3)

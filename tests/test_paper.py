@@ -65,10 +65,11 @@ def test_best_cells_and_tie_breaking(runs):
 
 def test_best_configuration_over_tasks(runs):
     frame = load_runs(runs)
-    assert best_configuration(frame, "m", "standard", ["aime", "countdown"]) == {
-        "beta": None, "temperature": 0.6, "top_p": 0.95, "score": pytest.approx((0.375 + 1.0) / 2)}
+    standard = best_configuration(frame, "m", "standard", ["aime", "countdown"])
+    assert {k: standard[k] for k in ("beta", "temperature", "top_p", "score", "searched")} == {
+        "beta": None, "temperature": 0.6, "top_p": 0.95, "score": pytest.approx((0.375 + 1.0) / 2), "searched": {}}
     moi = best_configuration(frame, "m", "moi", ["aime", "countdown"])
-    assert (moi["beta"], moi["score"]) == (1.0, pytest.approx(0.75))
+    assert (moi["beta"], moi["score"], moi["searched"]) == (1.0, pytest.approx(0.75), {"beta": 1.0})
     assert best_configuration(frame, "m", "moi", ["aime", "livecodebench"]) is None  # no config has both
     assert best_configuration(frame, "other", "moi", ["aime"]) is None
 
@@ -87,17 +88,14 @@ def test_table1_selects_in_the_grid_with_standard_errors(runs):
     assert (std_cd.accuracy, std_cd.stderr, std_cd.paper, std_cd.within_2se) == (100.0, 0.0, 79.25, False)
     assert t1[("moi", "gpqa_diamond")].accuracy == 75.0  # the grid's beta-1 cell, not the beta-2 run
     assert pd.isna(t1[("direct_mixture", "aime")].beta)
-    layout = paper.table1_layout(paper.table1(frame, load_samples(runs), names,
-                                              GRIDS.table1))
+    layout = paper.table1_layout(paper.table1(frame, load_samples(runs), names, GRIDS.table1), GRIDS)
     assert "| QwQ-32B | MoI | 75.00 (80.00) | 100.00 (80.01) | 75.00 (60.10) | 83.33 |" in layout
     assert "| QwQ-32B | Gain vs. Standard | +12.50 | +0.00 | +25.00 | +12.50 |" in layout
 
 
 def test_table_a1_transfers_the_selected_configuration(runs):
     frame = load_runs(runs)
-    a1 = by_key(paper.table_a1(frame, load_samples(runs), paper.paper_names(runs),
-                               GRIDS.table1, GRIDS.table_a1),
-                "method", "task")
+    a1 = by_key(paper.table_a1(frame, load_samples(runs), paper.paper_names(runs), GRIDS), "method", "task")
     # MoI's best mean over AIME + CountDown4 is beta 1 (75), so GPQA is read at beta 1, not its best (beta 2)
     assert [a1[("moi", t)].accuracy for t in ("aime", "countdown", "gpqa_diamond")] == [50.0, 100.0, 75.0]
     assert {a1[("moi", t)].beta for t in ("aime", "countdown", "gpqa_diamond")} == {1.0}
@@ -106,8 +104,7 @@ def test_table_a1_transfers_the_selected_configuration(runs):
 
 
 def test_table_a4_mean_and_sd_across_seeds(runs):
-    a4 = by_key(paper.table_a4(load_runs(runs), paper.paper_names(runs), GRIDS.table1,
-                               GRIDS.table_a4), "method")
+    a4 = by_key(paper.table_a4(load_runs(runs), paper.paper_names(runs), GRIDS), "method")
     standard = a4[("standard",)]
     assert (standard.n_seeds, standard.mean) == (2, 37.5)
     assert standard.sd == pytest.approx(math.sqrt(((25 - 37.5) ** 2 + (50 - 37.5) ** 2) / 1))
@@ -127,9 +124,9 @@ def test_mcnemar_pairs_samples(runs):
     samples = load_samples(runs)
     names = paper.paper_names(runs)
     grid = GRIDS.table1
-    tests = by_key(paper.mcnemar_table(paper.table1(frame, samples, names, grid), samples, names, grid), "task")
+    tests = by_key(paper.mcnemar_table(paper.table1(frame, samples, names, grid), samples, GRIDS), "task")
     aime = tests[("aime",)]  # MoI beta 0.5 vs Standard T 0.8: only seed 1 problem p2 differs
-    assert (aime.pairs, aime.moi_only, aime.standard_only, aime.p_value) == (8, 1, 0, 1.0)
+    assert (aime.pairs, aime.treatment_only, aime.baseline_only, aime.p_value) == (8, 1, 0, 1.0)
 
 
 def test_outputs_are_byte_identical(runs, tmp_path):
@@ -140,3 +137,20 @@ def test_outputs_are_byte_identical(runs, tmp_path):
         p.name for p in first}
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
+
+
+def test_tables_name_the_experiments_only_when_the_runs_came_from_them(runs, tmp_path, write_run):
+    paper.build(runs, tmp_path / "paper", GRIDS)
+    assert "experiments `paper_*`" in (tmp_path / "paper" / "tables.md").read_text()
+    other = tmp_path / "other"
+    write_run(other, task="aime", method="moi", beta=3.0, temperature=0.7, correct=[1, 0])
+    paper.build(other, tmp_path / "other_paper", GRIDS)
+    text = (tmp_path / "other_paper" / "tables.md").read_text()
+    assert "experiments `paper_*`" not in text and "no run matches the grids of the `paper` experiments" in text
+
+
+def test_partial_run_sets_give_empty_gains_not_a_crash(tmp_path, write_run):
+    write_run(tmp_path, task="aime", method="direct_mixture", correct=[1, 0, 1, 0])
+    written = paper.build(tmp_path, tmp_path / "paper", GRIDS)
+    text = (tmp_path / "paper" / "tables.md").read_text()
+    assert "| m | Gain vs. Standard | - | - |" in text and any(p.name == "tables.md" for p in written)

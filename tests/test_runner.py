@@ -123,9 +123,9 @@ def compose(overrides: list[str]) -> dict:
 @pytest.mark.parametrize(
     "override,message",
     [
-        (["method=moi", "method.beta=-1"], "method moi: beta must be a finite number >= 0, got -1.0"),
+        (["method=moi", "method.beta=-1"], "method moi: beta must be a finite number >= 0, got -1"),
         (["method.name=mixture"], "unknown method 'mixture'; valid methods: standard, direct_mixture, moi"),
-        (["method=moi", "method.support=all"], "unknown support 'all'; valid supports: topk, full"),
+        (["method=moi", "method.support=all"], "method moi: support must be one of topk, full, got 'all'"),
         (["sampling.temperature=-0.5"], "sampling.temperature must be a number >= 0 (0 = greedy), got -0.5"),
         (["sampling.top_p=1.5"], "sampling.top_p must be in (0, 1], got 1.5"),
         (["sampling.top_p=0"], "sampling.top_p must be in (0, 1], got 0"),
@@ -147,7 +147,7 @@ def test_bad_values_are_named_with_the_valid_choices(override, message):
 @pytest.mark.parametrize(
     "override,message",
     [
-        (["method=moi", "method.beta=-1"], "error: method moi: beta must be a finite number >= 0, got -1.0"),
+        (["method=moi", "method.beta=-1"], "error: method moi: beta must be a finite number >= 0, got -1"),
         (["task.data.path=/nonexistent/puzzles.jsonl"], "error: data file not found: /nonexistent/puzzles.jsonl"),
     ],
 )
@@ -184,3 +184,55 @@ def test_multirun_reuses_the_engine(tiny_model_path, tmp_path, engine):
     runs = sorted(p.parent.name for p in tmp_path.rglob("summary.json"))
     assert len(runs) == 3  # standard ignores beta: its two jobs share one run
     assert [r.split("_")[0] for r in runs] == ["moi-b0.5", "moi-b2", "standard"]
+
+
+def test_a_run_grows_without_regenerating_what_it_has(tiny_model_path, tmp_path):
+    """Defect 3: task.limit and task.n_samples were part of the run identity, so growing a run
+    regenerated everything. Growing (3 problems, 1 sample) to (5, 2) generates only the 7 new
+    samples, keeps a completion edited by hand, and the summary says what it covers."""
+    args = base_args(tiny_model_path, tmp_path) + ["method=moi", "sampling.max_tokens=8"]
+    harness_run(args + ["task.limit=3", "task.n_samples=1"])
+    run = only_run(tmp_path)
+    lines = (run / "samples.jsonl").read_text().splitlines()
+    edited = dict(json.loads(lines[0]), completion="edited by hand")
+    (run / "samples.jsonl").write_text("\n".join([json.dumps(edited), *lines[1:]]) + "\n")
+    small = json.loads((run / "summary.json").read_text())
+    grown = harness_run(args + ["task.limit=5", "task.n_samples=2"])
+    assert "7 samples to generate" in grown.stdout + grown.stderr
+    assert only_run(tmp_path) == run  # the same run directory
+    records = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == len({r["key"] for r in records}) == 10
+    assert next(r for r in records if r["key"] == edited["key"])["completion"] == "edited by hand"
+    summary = json.loads((run / "summary.json").read_text())
+    assert (small["view"]["problems"], small["view"]["n_samples"], small["n"]) == (3, 1, 3)
+    assert (summary["view"]["problems"], summary["view"]["n_samples"], summary["n"]) == (5, 2, 10)
+    assert summary["view"]["problem_ids"][:3] == small["view"]["problem_ids"]
+    assert summary["view"]["problem_ids_sha256"] != small["view"]["problem_ids_sha256"]
+    # a smaller view of the grown run reads the stored samples and generates nothing
+    again = harness_run(args + ["task.limit=2", "task.n_samples=1"])
+    assert "samples to generate" not in again.stdout + again.stderr
+    assert json.loads((run / "summary.json").read_text())["n"] == 2
+
+
+def test_sample_records_stand_alone_and_regrade_without_the_data(tiny_model_path, tmp_path):
+    data = tmp_path / "puzzles.jsonl"
+    rows = [json.loads(x) for x in (REPO / "tasks/offline/countdown4_256.jsonl").read_text().splitlines()[:3]]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [f"model.path={tiny_model_path}", f"task.data.path={data}", f"results_dir={tmp_path / 'runs'}", "progress=false",
+            "sampling.max_tokens=8"]
+    harness_run(args)
+    run = only_run(tmp_path / "runs")
+    record = json.loads((run / "samples.jsonl").read_text().splitlines()[0])
+    assert record["schema"] == 2 and record["task"] == {"name": "countdown", "version": 1}
+    assert set(record["gold"]) == {"nums", "target"} and len(record["data"]["sha256"]) == 64
+    assert record["method"] == {"name": "standard"} and record["sampling"]["max_tokens"] == 8
+    data.unlink()  # the data is gone: grading again needs only the run
+    answer = f"<answer>{record['gold']['nums'][0]} + {record['gold']['nums'][1]}</answer>"
+    lines = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    lines[0]["completion"] = answer
+    (run / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    from harness.cli import grade
+
+    assert grade.main([str(run), "progress=false"]) == 0
+    regraded = json.loads((run / "samples.jsonl").read_text().splitlines()[0])
+    assert regraded["verdict"] in ("wrong_numbers", "wrong") and regraded["extracted"] is not None

@@ -109,9 +109,10 @@ def test_a_sweep_through_the_server_equals_the_offline_engine(server, tiny_model
     [
         ({"moi_method": "mixture"}, "unknown method 'mixture'"),
         ({"moi_method": "moi", "moi_beta": -1}, "beta must be a finite number >= 0"),
-        ({"moi_method": "moi", "moi_beta": "lots"}, "moi_beta must be a number"),
-        ({"moi_k": 0, "moi_method": "moi"}, "k (the top-k support size) must be an integer >= 1"),
-        ({"moi_support": "everything", "moi_method": "moi"}, "unknown support 'everything'"),
+        ({"moi_method": "moi", "moi_beta": "lots"}, "moi_beta must be a finite number >= 0, got 'lots'"),
+        ({"moi_k": 0, "moi_method": "moi"}, "moi_k must be an integer >= 1, got 0"),
+        ({"moi_method": "soft_thinking", "moi_max_topk": -2}, "moi_max_topk must be an integer >= 1, got -2"),
+        ({"moi_support": "everything", "moi_method": "moi"}, "moi_support must be one of topk, full, got 'everything'"),
     ],
 )
 def test_bad_requests_get_a_400_and_the_server_goes_on(server, xargs, fragment):
@@ -194,5 +195,5 @@ def test_lm_evaluation_harness_decodes_with_moi_through_the_server(tiny_model_pa
         assert same(lm_eval_out[question], offline[f"moi|{question}"]), question
     assert sum(not same(lm_eval_out[q], offline[f"standard|{q}"]) for q in QUESTIONS) >= 1
     log = (tmp_path / "server.log").read_text()
-    assert "MIXINPUTS_BETA" in log or "method='moi', beta=1.0" in log
+    assert "default for requests without them: moi(beta=1.0," in log
     assert log.count("mixed_steps=") >= len(QUESTIONS)

@@ -34,31 +34,83 @@ def runs(tmp_path, write_run) -> Path:
     return tmp_path
 
 
-def test_cells_gain_and_layout(runs):
+def rows_of(frame):
+    """Result rows by (model, method, beta)."""
+    results = frame[frame.kind == "result"]
+    return {(r["model"], r["method"], None if r["method.beta"] != r["method.beta"] else r["method.beta"]): r
+            for _, r in results.iterrows()}
+
+
+AIME = "AIME (4 problems × 1 sample)"
+CD = "CountDown4 (4 problems × 1 sample)"
+
+
+def test_entries_gain_and_layout(runs):
     markdown, frame = table.build(runs)
-    rows = {(r.model, r.method, None if r.beta != r.beta else r.beta): r for r in frame.itertuples()}
+    rows = rows_of(frame)
     std = rows[("A", "standard", None)]
-    assert (std.aime, std.countdown, std.avg) == (25.0, 50.0, 37.5)
+    assert (std[AIME], std[CD], std["avg"]) == (25.0, 50.0, 37.5)
     moi1, moi2 = rows[("A", "moi", 1.0)], rows[("A", "moi", 2.0)]
-    assert (moi1.aime, moi1.countdown, moi1.avg) == (50.0, 75.0, 62.5)
-    assert (moi2.aime, moi2.countdown, moi2.avg) == (0.0, 100.0, 50.0)
+    assert (moi1[AIME], moi1[CD], moi1["avg"]) == (50.0, 75.0, 62.5)
+    assert (moi2[AIME], moi2[CD], moi2["avg"]) == (0.0, 100.0, 50.0)
     dm = rows[("B", "direct_mixture", None)]
-    assert dm.countdown == 75.0
+    assert dm[CD] == 75.0
     # standard error with problems as the unit: per-problem means over both seeds
-    assert dm.countdown_se == pytest.approx(100 * clustered_stderr({"p0": [1, 1], "p1": [1, 1], "p2": [0, 1], "p3": [0, 1]}))
-    assert std.countdown_se == pytest.approx(100 * math.sqrt(0.5 * 0.5 / 3) * math.sqrt(4 / 4))
-    gain = rows[("A", "gain_vs_standard", None)]
-    assert (gain.aime, gain.countdown, gain.avg) == (25.0, 50.0, 37.5)  # per task: beta 1 on AIME, beta 2 on CD
-    assert ("B", "gain_vs_standard", None) not in rows  # no standard row for B
+    assert dm[f"{CD} se"] == pytest.approx(100 * clustered_stderr({"p0": [1, 1], "p1": [1, 1], "p2": [0, 1], "p3": [0, 1]}))
+    assert std[f"{CD} se"] == pytest.approx(100 * math.sqrt(0.5 * 0.5 / 3) * math.sqrt(4 / 4))
+    gains = frame[frame.kind == "gain_vs_standard"]
+    [gain] = gains[gains.model == "A"].to_dict(orient="records")
+    assert (gain[AIME], gain[CD], gain["avg"]) == (25.0, 50.0, 37.5)  # per task: beta 1 on AIME, beta 2 on CD
+    assert gains[gains.model == "B"].empty  # no standard row for B
     lines = markdown.splitlines()
-    assert lines[0] == "| Model | Method | beta | T | top-p | AIME | CountDown4 | Avg |"
+    assert lines[0] == f"| Model | Method | beta | T | top-p | {AIME} | {CD} | Avg |"
     a_rows = [line for line in lines if line.startswith("| A |")]
-    assert [line.split(" | ")[1] for line in a_rows] == ["Standard", "MoI", "MoI", "Gain vs. Standard"]
+    assert [line.split(" | ")[1] for line in a_rows] == ["Standard", "MoI", "MoI", "Gain vs. Standard: MoI"]
     assert "| A | MoI | 1 | 0.6 | 0.95 | 50.00 ± 28.87 | 75.00 ± 25.00 | 62.50 ± 19.09 |" in lines
-    assert "| A | Gain vs. Standard |  |  |  | +25.00 | +50.00 | +37.50 |" in lines
-    assert [line for line in lines if line.startswith("| B |")] == [  # no AIME run: no Avg
-        f"| B | Direct Mixture | - | 0.6 | 0.95 | - | 75.00 ± {dm.countdown_se:.2f} | - |"
+    assert "| A | Gain vs. Standard: MoI |  |  |  | +25.00 (p=1) | +50.00 (p=0.5) | +37.50 |" in lines
+    assert [line for line in lines if line.startswith("| B |")] == [  # no AIME run: no Avg; its 2 seeds are said
+        f"| B | Direct Mixture | - | 0.6 | 0.95 | - | 75.00 ± {dm[f'{CD} se']:.2f} (2 seeds) | - |"
     ]
+    assert "Note: B: no Standard run, so no gains or McNemar tests." in lines
+
+
+def test_runs_that_differ_in_any_identity_field_are_never_pooled(tmp_path, write_run):
+    """Defect 1: MoI topk and full at the same beta (and k, quirks, engine...) were one row."""
+    write_run(tmp_path, task="aime", method="moi", beta=1.0, correct=[1, 1, 1, 1], method_params={"support": "topk", "k": 20})
+    write_run(tmp_path, task="aime", method="moi", beta=1.0, correct=[0, 0, 0, 0], method_params={"support": "full"})
+    write_run(tmp_path, task="aime", method="moi", beta=1.0, correct=[1, 0, 0, 0], method_params={"support": "topk", "k": 5})
+    write_run(tmp_path, task="aime", method="standard", correct=[1, 1, 0, 0])
+    markdown, frame = table.build(tmp_path)
+    results = frame[(frame.kind == "result") & (frame.method == "moi")]
+    assert sorted(results[AIME]) == [0.0, 25.0, 100.0]  # three MoI rows, none the mean of another
+    assert "| beta | T | top-p | k | support |" in markdown.splitlines()[0]  # the fields that set the rows apart
+    assert any("| full |" in line for line in markdown.splitlines())
+
+
+def test_different_problem_sets_are_different_columns(tmp_path, write_run):
+    write_run(tmp_path, task="aime", method="standard", correct=[1, 0, 0, 0])
+    write_run(tmp_path, task="aime", method="standard", correct=[1, 1], seed=1)  # a 2-problem view
+    write_run(tmp_path, task="aime", method="standard", correct=[1, 1, 1, 1], task_params={"data": {"path": "other.jsonl"}})
+    markdown, frame = table.build(tmp_path)
+    header = markdown.splitlines()[0]
+    assert "AIME (2 problems × 1 sample)" in header and "AIME (4 problems × 1 sample)" in header
+    assert "AIME [data.path=other.jsonl] (4 problems × 1 sample)" in header
+
+
+def test_a_directory_without_pairs_gives_a_table_and_a_note(tmp_path, write_run):
+    """Defect 2: harness.table crashed (AttributeError) when no model had both MoI and Standard."""
+    write_run(tmp_path, task="countdown", method="direct_mixture", correct=[1, 0])
+    assert table_main([str(tmp_path)]) == 0
+    markdown = (tmp_path / "table.md").read_text()
+    assert "| m | Direct Mixture |" in markdown and "Note: m: no Standard run" in markdown
+
+
+def test_runs_of_earlier_versions_are_still_read(tmp_path, write_run):
+    write_run(tmp_path, task="aime", method="moi", beta=2.0, correct=[1, 1, 0, 0], legacy=True)
+    write_run(tmp_path, task="aime", method="standard", correct=[1, 0, 0, 0], legacy=True)
+    _, frame = table.build(tmp_path)
+    rows = rows_of(frame)
+    assert rows[("m", "moi", 2.0)][AIME] == 50.0 and rows[("m", "standard", None)][AIME] == 25.0
 
 
 def test_table_files_are_byte_identical_across_runs(runs, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -9,15 +10,20 @@ import pandas as pd
 from harness.analysis.runs import task_columns
 
 
-def figure3_data(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, beta): MoI's accuracy minus its mean over betas, averaged over models, from the
-    runs of a grid (each beta averaged over the grid's temperatures, top-ps and seeds)."""
-    moi = runs[(runs.method == "moi") & runs.complete]
-    if moi.empty:
+def figure3_data(runs: pd.DataFrame, method: str = "moi") -> pd.DataFrame:
+    """Per (task, beta): the method's accuracy minus its mean over betas, averaged over models, from
+    the runs of a grid. Each beta averages the grid's temperatures, top-ps and seeds, and only
+    runs that agree on every other field (the same ``family``: setting without seed, beta,
+    temperature and top-p) are averaged; a model's families count as one curve each."""
+    mine = runs[(runs.method == method) & runs.complete].copy()
+    if mine.empty:
         return pd.DataFrame(columns=["task", "beta", "deviation", "n_models"])
-    per_beta = moi.groupby(["model", "task", "beta"]).accuracy.mean().mul(100).rename("accuracy").reset_index()
+    free = ("seed", "method.beta", "sampling.temperature", "sampling.top_p")
+    mine["family"] = [json.dumps({k: v for k, v in json.loads(s).items() if k not in free}, sort_keys=True)
+                      for s in mine.setting_key]
+    per_beta = mine.groupby(["model", "family", "task", "beta"]).accuracy.mean().mul(100).rename("accuracy").reset_index()
     per_beta = per_beta[per_beta.groupby("task").beta.transform("nunique") > 1]  # tasks searched over beta
-    per_beta["deviation"] = per_beta.accuracy - per_beta.groupby(["model", "task"]).accuracy.transform("mean")
+    per_beta["deviation"] = per_beta.accuracy - per_beta.groupby(["model", "family", "task"]).accuracy.transform("mean")
     out = per_beta.groupby(["task", "beta"]).agg(deviation=("deviation", "mean"), n_models=("model", "nunique"))
     return out.reset_index()
 

@@ -1,31 +1,35 @@
-"""``python -m harness.paper RUNS_DIR``: the paper's Tables 1, A1, A4, Figure 3 and McNemar tests,
-regenerated from stored runs and set beside the published numbers.
+"""The paper's Tables 1, A1, A4, Figure 3 and McNemar tests, regenerated from stored runs and set
+beside the published numbers (``moi-paper RUNS_DIR``).
 
 Which runs feed which table is given by the experiments' grids (``configs/experiment/``, read by
-``harness.cli.paper``):
+``harness.cli.paper`` into :class:`Experiments`, with the compared methods from
+``configs/paper.yaml``: the paper's treatment, MoI, against its baseline, Standard):
 
-- **Table 1**: runs in the ``paper_table1`` grid (``smoke`` with ``--family smoke``). On AIME and CountDown4 the best configuration
-  per (model, method) by mean accuracy over seeds (``harness.analysis.selection``), with its beta, temperature
-  and top-p; on GPQA-Diamond and LiveCodeBench the grid's single configuration. "Gain vs. Standard"
-  is MoI minus Standard.
-- **Table A1**: per (model, Standard or MoI) the configuration with the best mean over AIME +
-  CountDown4 in the Table 1 grid, and its accuracy on all four tasks (GPQA and LiveCodeBench runs
-  come from ``paper_tableA1``).
+- **Table 1**: runs in the ``paper_table1`` grid (``smoke`` with ``family=smoke``). Per (model,
+  method, task) the best configuration by mean accuracy over seeds (``harness.analysis.selection``),
+  with its searched parameters, temperature and top-p (on GPQA-Diamond and LiveCodeBench the
+  grid's single configuration); "Gain vs. Standard" is the treatment minus the baseline.
+- **Table A1**: per (model, method of the A1 experiment's ``derive``) the configuration with the
+  best mean over the ``derive.over`` tasks (AIME + CountDown4) in the Table 1 grid, and its
+  accuracy on every task (GPQA and LiveCodeBench runs come from ``paper_tableA1``).
 - **Table A4**: AIME runs at the Table A1 configuration over the seeds of ``paper_tableA4``: mean
   and standard deviation across seeds.
-- **Figure 3**: for each (model, task) searched over beta, the MoI accuracy at each beta (mean
-  over the grid's temperatures, top-ps and seeds) minus its mean over betas, averaged over models.
-- **McNemar**: MoI vs Standard at their Table 1 configurations, samples paired by (problem, seed, sample),
-  exact two-sided binomial test on the discordant pairs.
+- **Figure 3**: for each (model, task) searched over beta, the treatment's accuracy at each beta
+  (mean over the grid's temperatures, top-ps and seeds) minus its mean over betas, averaged over models.
+- **McNemar**: treatment vs baseline at their Table 1 configurations, samples paired by (problem,
+  seed, sample), exact two-sided binomial test on the discordant pairs.
 
-Every table sits beside the published numbers (``results/reference/*.csv``) with the difference
-and whether it lies within two standard errors. The same runs give byte-identical files.
+Selection and pooling go by the run keys of :mod:`harness.analysis.runs` (``config_key``,
+``task_key``), never by a fixed list of fields. Every table sits beside the published numbers
+(``results/reference/*.csv``) with the difference and whether it lies within two standard errors.
+The same runs give byte-identical files.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -33,10 +37,10 @@ import yaml
 
 from harness.analysis.figures import figure3, figure3_data
 from harness.analysis.runs import (
-    METHOD_LABELS,
     clustered_se,
     load_runs,
     load_samples,
+    method_label,
     method_rank,
     task_columns,
 )
@@ -46,28 +50,54 @@ from harness.stats import mcnemar_p
 
 PACKAGE = Path(__file__).resolve().parents[1]
 TASK_CSV = {"aime": "aime", "countdown": "countdown4", "gpqa_diamond": "gpqa_diamond", "livecodebench": "livecodebench"}
-GRID_COLUMNS = {"method.beta": "beta", "sampling.temperature": "temperature", "sampling.top_p": "top_p", "seed": "seed"}
+
+
+@dataclass(frozen=True)
+class Experiments:
+    """The grid cells of the experiments behind Tables 1, A1 and A4, their family's name, the A1
+    experiment's ``derive`` section (methods, tasks, seeds) and the compared methods."""
+
+    family: str
+    table1: list[dict]
+    table_a1: list[dict]
+    table_a4: list[dict]
+    derive: dict = field(default_factory=lambda: {"methods": ["standard", "moi"], "over": ["aime", "countdown"]})
+    treatment: str = "moi"
+    baseline: str = "standard"
 
 
 # -- which runs belong to an experiment ---------------------------------------------------------
+VIEW_KEYS = ("task.limit", "task.n_samples")  # which samples an invocation needs: not a setting
+
+
+def _grid_column(key: str) -> str | None:
+    """The run column a grid key constrains (``task`` and ``method`` by name, other keys dotted;
+    None for the view keys, which say how much of a run a job needs, not which run)."""
+    return None if key in VIEW_KEYS else key
+
+
 def in_grid(runs: pd.DataFrame, cells: list[dict]) -> pd.Series:
-    """Which runs match some cell on the cell's own keys among task, method, beta, temperature,
-    top-p and seed (a key a cell does not set matches anything; beta only constrains MoI)."""
-    patterns: dict[tuple, set] = {}
-    for cell in cells:
-        constraint = {"task": cell.get("task"), "method": cell.get("method")}
-        for key, column in GRID_COLUMNS.items():
-            if key in cell and not (column == "beta" and cell.get("method") != "moi"):
-                constraint[column] = float(cell[key]) if column != "seed" else int(cell[key])
-        constraint = {k: v for k, v in constraint.items() if v is not None}
-        columns = tuple(sorted(constraint))
-        patterns.setdefault(columns, set()).add(tuple(constraint[c] for c in columns))
+    """Which runs match some cell on the cell's own keys (a key a cell does not set matches anything;
+    a parameter the run's method does not have, such as beta for Standard, matches anything)."""
 
-    def match(row) -> bool:
-        values = row._asdict()
-        return any(tuple(values[c] for c in columns) in allowed for columns, allowed in patterns.items())
+    def value_of(row: dict, column: str):
+        value = row.get(column)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
-    return pd.Series([match(row) for row in runs.itertuples(index=False)], index=runs.index, dtype=bool)
+    def matches(row: dict, cell: dict) -> bool:
+        for key, wanted in cell.items():
+            column = _grid_column(key)
+            if column is None or column not in row:
+                continue  # not part of any stored setting (e.g. a data path of legacy runs)
+            have = value_of(row, column)
+            if have is None and column.startswith("method."):
+                continue
+            if have != (float(wanted) if isinstance(wanted, (int, float)) and isinstance(have, float) else wanted):
+                return False
+        return True
+
+    records = runs.to_dict(orient="records")
+    return pd.Series([any(matches(r, c) for c in cells) for r in records], index=runs.index, dtype=bool)
 
 
 def seeds_of(cells: list[dict]) -> list[int] | None:
@@ -76,29 +106,26 @@ def seeds_of(cells: list[dict]) -> list[int] | None:
 
 
 # -- statistics ------------------------------------------------------------------------------------
-def samples_of(samples: pd.DataFrame, model: str, method: str, task: str, beta, temperature, top_p,
-                 seeds: list[int] | None) -> pd.DataFrame:
-    mask = (samples.model == model) & (samples.method == method) & (samples.task == task)
-    mask &= (samples.temperature == temperature) & (samples.top_p == top_p)
-    if method == "moi":
-        mask &= samples.beta == beta
+def samples_of(samples: pd.DataFrame, config_key: str, task_key: str, seeds: list[int] | None) -> pd.DataFrame:
+    """The samples of one configuration on one task (and problem set), over the given seeds."""
+    mask = (samples.config_key == config_key) & (samples.task_key == task_key)
     if seeds is not None:
         mask &= samples.seed.isin(seeds)
     return samples[mask]
 
 
-def mcnemar(moi: pd.DataFrame, standard: pd.DataFrame) -> dict:
+def mcnemar(treatment: pd.DataFrame, baseline: pd.DataFrame) -> dict:
     """Exact McNemar test of paired outcomes (pairs keyed by problem, seed and sample index)."""
     key = ["problem_id", "seed", "sample_index"]
-    paired = moi[key + ["correct"]].merge(standard[key + ["correct"]], on=key, suffixes=("_moi", "_std"))
-    b = int((paired.correct_moi & ~paired.correct_std).sum())
-    c = int((~paired.correct_moi & paired.correct_std).sum())
-    return {"pairs": len(paired), "moi_only": b, "standard_only": c, "p_value": mcnemar_p(b, c)}
+    paired = treatment[key + ["correct"]].merge(baseline[key + ["correct"]], on=key, suffixes=("_t", "_b"))
+    b = int((paired.correct_t & ~paired.correct_b).sum())
+    c = int((~paired.correct_t & paired.correct_b).sum())
+    return {"pairs": len(paired), "treatment_only": b, "baseline_only": c, "p_value": mcnemar_p(b, c)}
 
 
 # -- tables ------------------------------------------------------------------------------------------
 def _paper_order(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows by model, then Standard / Direct Mixture / MoI, then the paper's task order."""
+    """Rows by model, then the methods' table order, then the paper's task order."""
     if frame.empty:
         return frame
     tasks = task_columns(frame.task.unique())
@@ -107,7 +134,7 @@ def _paper_order(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def paper_names(root: Path) -> dict[str, str]:
-    """Model config name -> the name the paper uses (``model.paper_name``)."""
+    """Model config name -> the name the paper uses (``model.paper_name`` of the runs' configs)."""
     names = {}
     for config in sorted(root.rglob("config.yaml")):
         model = (yaml.safe_load(config.read_text()) or {}).get("model") or {}
@@ -127,7 +154,7 @@ def reference(name: str) -> pd.DataFrame:
 
 
 def _paper_value(ref: pd.DataFrame, model: str, method: str, column: str) -> float:
-    row = ref[(ref.model == model) & (ref.method == METHOD_LABELS.get(method, method))]
+    row = ref[(ref.model == model) & (ref.method == method_label(method))]
     return float(row.iloc[0][column]) if len(row) and column in row else math.nan
 
 
@@ -138,90 +165,91 @@ def _compare(ours: float, se: float, paper: float) -> tuple[float, object]:
     return diff, bool(abs(diff) <= 2 * se) if se > 0 else bool(diff == 0)
 
 
+def _searched(config_key: str) -> dict:
+    """A configuration's settings in the paper's terms: beta (or None), temperature, top-p."""
+    config = json.loads(config_key)
+    return {"beta": config.get("method.beta"), "temperature": config.get("sampling.temperature"),
+            "top_p": config.get("sampling.top_p")}
+
+
 def table1(runs: pd.DataFrame, samples: pd.DataFrame, names: dict[str, str], cells: list[dict]) -> pd.DataFrame:
     chosen = best_per_task(runs[in_grid(runs, cells)], seeds_of(cells))
     ref = reference("paper_table1.csv")
     rows = []
     for r in chosen.itertuples():
-        beta = r.beta if r.method == "moi" else None
-        picked = samples_of(samples, r.model, r.method, r.task, beta, r.temperature, r.top_p, seeds_of(cells))
+        picked = samples_of(samples, r.config_key, r.task_key, seeds_of(cells))
         ours, se = 100 * r.accuracy, clustered_se(picked)
         paper = _paper_value(ref, names.get(r.model, r.model), r.method, TASK_CSV.get(r.task, r.task))
         diff, within = _compare(ours, se, paper)
         rows.append({"model": names.get(r.model, r.model), "method": r.method, "task": r.task, "accuracy": ours,
-                     "stderr": se, "beta": beta, "temperature": r.temperature, "top_p": r.top_p,
-                     "n_seeds": int(r.n_seeds), "paper": paper, "diff": diff, "within_2se": within})
+                     "stderr": se, **_searched(r.config_key), "n_seeds": int(r.n_seeds), "paper": paper, "diff": diff,
+                     "within_2se": within, "config_key": r.config_key, "task_key": r.task_key})
     return _paper_order(pd.DataFrame(rows))
 
 
-def table_a1(runs: pd.DataFrame, samples: pd.DataFrame, names: dict[str, str], grid1: list[dict],
-             grid_a1: list[dict]) -> pd.DataFrame:
-    seeds = seeds_of(grid1)
-    pool = runs[in_grid(runs, grid1 + grid_a1)]
+def table_a1(runs: pd.DataFrame, samples: pd.DataFrame, names: dict[str, str], experiments: Experiments) -> pd.DataFrame:
+    grid1 = experiments.table1
+    seeds, over = seeds_of(grid1), list(experiments.derive["over"])
+    pool = runs[in_grid(runs, grid1 + experiments.table_a1)]
     ref = reference("paper_tableA1.csv")
     rows = []
     for model in sorted(runs.model.unique()):
-        for method in ("moi", "standard"):
-            choice = best_configuration(runs[in_grid(runs, grid1)], model, method, ["aime", "countdown"], seeds)
+        for method in experiments.derive["methods"]:
+            choice = best_configuration(runs[in_grid(runs, grid1)], model, method, over, seeds)
             if choice is None:
                 continue
-            for task in task_columns(pool.task.unique()):
-                picked = samples_of(samples, model, method, task, choice["beta"], choice["temperature"],
-                                      choice["top_p"], seeds if task in ("aime", "countdown") else None)
+            for task_key, task in pool[pool.config_key == choice["config_key"]].groupby("task_key").task.first().items():
+                picked = samples_of(samples, choice["config_key"], task_key, seeds if task in over else None)
                 if picked.empty:
                     continue
                 ours, se = 100 * float(picked.correct.mean()), clustered_se(picked)
                 paper = _paper_value(ref, names.get(model, model), method, TASK_CSV.get(task, task))
                 diff, within = _compare(ours, se, paper)
                 rows.append({"model": names.get(model, model), "method": method, "task": task, "accuracy": ours,
-                             "stderr": se, **{k: choice[k] for k in ("beta", "temperature", "top_p")},
-                             "paper": paper, "diff": diff, "within_2se": within})
+                             "stderr": se, **_searched(choice["config_key"]), "paper": paper, "diff": diff,
+                             "within_2se": within})
     return _paper_order(pd.DataFrame(rows))
 
 
-def table_a4(runs: pd.DataFrame, names: dict[str, str], grid1: list[dict], grid4: list[dict]) -> pd.DataFrame:
+def table_a4(runs: pd.DataFrame, names: dict[str, str], experiments: Experiments) -> pd.DataFrame:
     ref = reference("paper_tableA4_aime64.csv")
+    grid1, over = experiments.table1, list(experiments.derive["over"])
+    seeds = seeds_of(experiments.table_a4) or []
+    tasks = {c.get("task") for c in experiments.table_a4} - {None}
     rows = []
     for model in sorted(runs.model.unique()):
-        for method in ("standard", "moi"):
-            choice = best_configuration(runs[in_grid(runs, grid1)], model, method, ["aime", "countdown"], seeds_of(grid1))
+        for method in experiments.derive["methods"]:
+            choice = best_configuration(runs[in_grid(runs, grid1)], model, method, over, seeds_of(grid1))
             if choice is None:
                 continue
-            mask = (runs.model == model) & (runs.method == method) & (runs.task == "aime") & runs.complete
-            mask &= (runs.temperature == choice["temperature"]) & (runs.top_p == choice["top_p"])
-            mask &= runs.seed.isin(seeds_of(grid4) or [])
-            if method == "moi":
-                mask &= runs.beta == choice["beta"]
-            accuracies = 100 * runs[mask].sort_values("seed").accuracy
-            if accuracies.empty:
+            mask = (runs.config_key == choice["config_key"]) & runs.task.isin(tasks) & runs.complete & runs.seed.isin(seeds)
+            picked = runs[mask]
+            if picked.empty:
                 continue
+            task_key = picked.task_key.value_counts().index[0]  # one problem set: the one most seeds ran
+            accuracies = 100 * picked[picked.task_key == task_key].sort_values("seed").accuracy
             mean, sd = float(accuracies.mean()), float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0
             se = sd / math.sqrt(len(accuracies)) if len(accuracies) > 1 else 0.0
             paper = _paper_value(ref, names.get(model, model), method, "mean")
             diff, within = _compare(mean, se, paper)
             rows.append({"model": names.get(model, model), "method": method, "n_seeds": len(accuracies),
-                         "mean": mean, "sd": sd, "beta": choice["beta"], "temperature": choice["temperature"],
-                         "top_p": choice["top_p"], "paper_mean": paper,
+                         "mean": mean, "sd": sd, **_searched(choice["config_key"]), "paper_mean": paper,
                          "paper_sd": _paper_value(ref, names.get(model, model), method, "sd"),
                          "diff": diff, "within_2se": within})
     return pd.DataFrame(rows)
 
 
-def mcnemar_table(chosen: pd.DataFrame, samples: pd.DataFrame, names: dict[str, str], grid: list[dict]) -> pd.DataFrame:
-    seeds = seeds_of(grid)
+def mcnemar_table(chosen: pd.DataFrame, samples: pd.DataFrame, experiments: Experiments) -> pd.DataFrame:
+    seeds, over = seeds_of(experiments.table1), list(experiments.derive["over"])
+    pair = (experiments.treatment, experiments.baseline)
     rows = []
-    inverse = {v: k for k, v in names.items()}
     for (model, task), group in chosen.groupby(["model", "task"], sort=True):
         by_method = {r.method: r for r in group.itertuples()}
-        if not {"moi", "standard"} <= set(by_method):
+        if not set(pair) <= set(by_method):
             continue
-        model_id = inverse.get(model, model)
-        parts = {}
-        for method in ("moi", "standard"):
-            r = by_method[method]
-            parts[method] = samples_of(samples, model_id, method, task, r.beta, r.temperature, r.top_p,
-                                         seeds if task in ("aime", "countdown") else None)
-        rows.append({"model": model, "task": task, **mcnemar(parts["moi"], parts["standard"])})
+        parts = [samples_of(samples, by_method[m].config_key, by_method[m].task_key, seeds if task in over else None)
+                 for m in pair]
+        rows.append({"model": model, "task": task, **mcnemar(*parts)})
     return pd.DataFrame(rows)
 
 
@@ -242,7 +270,7 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
         for column in columns:
             value = values.get(column)
             if column == "method":
-                value = METHOD_LABELS.get(value, value)
+                value = method_label(value)
             elif column == "within_2se":
                 value = "-" if value is None else ("yes" if value else "no")
             elif column == "beta" and (value is None or (isinstance(value, float) and math.isnan(value))):
@@ -256,8 +284,8 @@ def markdown(frame: pd.DataFrame, columns: list[str], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table1_layout(frame: pd.DataFrame) -> str:
-    """Table 1 in the paper's layout: ours (paper) per task, with the Gain vs. Standard row."""
+def table1_layout(frame: pd.DataFrame, experiments: Experiments) -> str:
+    """Table 1 in the paper's layout: ours (paper) per task, with the Gain vs. baseline row."""
     if frame.empty:
         return "## Table 1 (paper layout)\n\n(no runs)\n"
     tasks = task_columns(frame.task.unique())
@@ -266,28 +294,26 @@ def table1_layout(frame: pd.DataFrame) -> str:
     for model, group in frame.groupby("model", sort=True):
         values = {}
         for method in sorted(group.method.unique(), key=method_rank):
-            part = group[group.method == method].set_index("task")
+            part = group[group.method == method].groupby("task").first()
             ours = [part.accuracy.get(t, math.nan) for t in tasks]
             paper = [part.paper.get(t, math.nan) for t in tasks]
-            values[method] = (ours, paper)
+            values[method] = ours
             avg = sum(ours) / len(ours) if not any(math.isnan(v) for v in ours) else math.nan
             cells = [f"{_num(o)} ({_num(p)})" for o, p in zip(ours, paper)] + [_num(avg)]
-            lines.append("| " + " | ".join([model, METHOD_LABELS.get(method, method), *cells]) + " |")
-        if "moi" in values and "standard" in values:
-            gain = [m - s for m, s in zip(values["moi"][0], values["standard"][0])]
-            avg = sum(gain) / len(gain) if not any(math.isnan(g) for g in gain) else math.nan
-            lines.append("| " + " | ".join([model, "Gain vs. Standard", *[f"{g:+.2f}" for g in gain], f"{avg:+.2f}"]) + " |")
+            lines.append("| " + " | ".join([model, method_label(method), *cells]) + " |")
+        treatment, baseline = values.get(experiments.treatment), values.get(experiments.baseline)
+        label = f"Gain vs. {method_label(experiments.baseline)}"
+        if treatment is None or baseline is None:
+            lines.append(f"| {model} | {label} | " + " | ".join("-" for _ in tasks) + " | - |")
+            continue
+        gain = [m - s for m, s in zip(treatment, baseline)]
+        avg = sum(gain) / len(gain) if not any(math.isnan(g) for g in gain) else math.nan
+        lines.append("| " + " | ".join([model, label, *[_signed(g) for g in gain], _signed(avg)]) + " |")
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
-class Experiments:
-    """The grid cells of the experiments behind Tables 1, A1 and A4, and their family's name."""
-
-    family: str
-    table1: list[dict]
-    table_a1: list[dict]
-    table_a4: list[dict]
+def _signed(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:+.2f}"
 
 
 def build(root: Path, out: Path, experiments: Experiments) -> list[Path]:
@@ -295,35 +321,40 @@ def build(root: Path, out: Path, experiments: Experiments) -> list[Path]:
     runs = load_runs(root)
     if runs.empty:
         raise DataError(f"no runs under {root}")
-    samples = load_samples(root)
+    samples = load_samples(root, runs)
     names = paper_names(root)
-    family = experiments.family
-    grid1, grid_a1, grid_a4 = experiments.table1, experiments.table_a1, experiments.table_a4
+    grid1 = experiments.table1
     out.mkdir(parents=True, exist_ok=True)
     t1 = table1(runs, samples, names, grid1)
-    a1 = table_a1(runs, samples, names, grid1, grid_a1)
-    a4 = table_a4(runs, names, grid1, grid_a4)
-    fig = figure3_data(runs[in_grid(runs, grid1)])
-    mc = mcnemar_table(t1, samples, names, grid1) if not t1.empty else pd.DataFrame()
+    a1 = table_a1(runs, samples, names, experiments)
+    a4 = table_a4(runs, names, experiments)
+    fig = figure3_data(runs[in_grid(runs, grid1)], experiments.treatment)
+    mc = mcnemar_table(t1, samples, experiments) if not t1.empty else pd.DataFrame()
     written = []
-    frames = {"table1": t1, "tableA1": a1, "tableA4": a4, "figure3": fig, "mcnemar": mc}
+    frames = {"table1": t1.drop(columns=["config_key", "task_key"], errors="ignore"), "tableA1": a1, "tableA4": a4,
+              "figure3": fig, "mcnemar": mc}
     for name, frame in frames.items():
         path = out / f"{name}.csv"
         frame.to_csv(path, index=False, float_format="%.4f", lineterminator="\n")
         written.append(path)
+    matched = bool(in_grid(runs, grid1).any())  # (the A1 and A4 grids are derived from it)
+    family = experiments.family
+    source = f"experiments `{family}_*`" if matched else f"no run matches the grids of the `{family}` experiments"
+    treatment, baseline = method_label(experiments.treatment), method_label(experiments.baseline)
     cmp_cols = ["model", "method", "task", "accuracy", "stderr", "beta", "temperature", "top_p", "paper", "diff", "within_2se"]
     report = "\n".join([
         "# The paper's tables, regenerated\n",
-        f"From the runs under `{root}` (experiments `{family}_*`). Accuracy in %; stderr: problems as the sampling unit; "
+        f"From the runs under `{root}` ({source}). Accuracy in %; stderr: problems as the sampling unit; "
         "within_2se: |ours - paper| <= 2 stderr.\n",
-        table1_layout(t1),
+        table1_layout(t1, experiments),
         markdown(t1, cmp_cols, "Table 1: best configuration per (model, method, task) vs the paper"),
-        markdown(a1, cmp_cols, "Table A1: one configuration per (model, method), best over AIME + CountDown4"),
+        markdown(a1, cmp_cols, "Table A1: one configuration per (model, method), best over "
+                 + " + ".join(experiments.derive["over"])),
         markdown(a4, ["model", "method", "n_seeds", "mean", "sd", "beta", "temperature", "top_p", "paper_mean",
                       "paper_sd", "diff", "within_2se"], "Table A4: AIME across seeds"),
-        markdown(mc, ["model", "task", "pairs", "moi_only", "standard_only", "p_value"],
-                 "McNemar: MoI vs Standard at their Table 1 configurations"),
-        "## Figure 3\n\n![Figure 3](figure3.png)\n",
+        markdown(mc, ["model", "task", "pairs", "treatment_only", "baseline_only", "p_value"],
+                 f"McNemar: {treatment} vs {baseline} at their Table 1 configurations"),
+        "## Figure 3\n\n" + ("![Figure 3](figure3.png)\n" if not fig.empty else "(no runs searched over beta)\n"),
     ])
     (out / "tables.md").write_text(report)
     written.append(out / "tables.md")

@@ -1,7 +1,22 @@
 """Reading stored runs into pandas: one row per run, or one row per graded sample.
 
-Everything here reads run directories only (``config.yaml``, ``summary.json``,
-``samples.jsonl``), so tables can be rebuilt anywhere, without a GPU.
+Everything here reads run directories only (``summary.json``, ``samples.jsonl``), so tables can
+be rebuilt anywhere, without a GPU. A run's *setting* is its identity (``summary.json``'s
+``identity``: everything that determined its samples), flattened into dotted columns
+(``method.beta``, ``sampling.temperature``, ``task.data.path``...); its *view* is which of its
+samples the summary covers (``view``: the problem ids and the samples per problem). Three keys
+derive from them, and everything downstream groups by these keys only, so two results are never
+pooled unless every field of their identity agrees:
+
+- ``setting_key``: the identity without the seed (runs that differ only by seed are pooled);
+- ``config_key``: the identity without the seed and the task (a row of the results table: one
+  configuration across tasks);
+- ``task_key``: the task part of the identity and the view (a column: one task on one problem
+  set with one number of samples per problem).
+
+Run directories written before identities were recorded ("legacy": their summary has no
+``identity``) are read too: their setting is rebuilt from the summary's own fields (model, task,
+method, beta, temperature, top-p, seed, engine) and their view from their samples.
 """
 
 from __future__ import annotations
@@ -12,14 +27,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.stats import clustered_stderr
+from harness.methods import get_method
+from harness.stats import clustered_stderr, ids_digest
 from harness.storage import SAMPLES, read_jsonl
+from harness.tasks import task_order
 
-RUN_COLUMNS = ["model", "task", "method", "beta", "temperature", "top_p", "seed", "engine"]
-TASK_ORDER = ["aime", "countdown", "gpqa_diamond", "livecodebench"]
-TASK_LABELS = {"aime": "AIME", "countdown": "CountDown4", "gpqa_diamond": "GPQA-D", "livecodebench": "LiveCodeBench"}
-METHOD_ORDER = ["standard", "direct_mixture", "moi"]
-METHOD_LABELS = {"standard": "Standard", "direct_mixture": "Direct Mixture", "moi": "MoI"}
+SHORT = ["model", "task", "method", "beta", "temperature", "top_p", "seed", "engine"]
+STATS = ["accuracy", "stderr", "n", "complete", "mean_completion_tokens", "mixed_steps"]
 
 
 def run_dirs(root: str | Path) -> list[Path]:
@@ -27,53 +41,145 @@ def run_dirs(root: str | Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob("summary.json"))
 
 
-def _run_row(path: Path) -> dict:
+def flatten(value, prefix: str = "") -> dict:
+    """A nested identity as dotted keys; lists become JSON text (so that values can be grouped)."""
+    if isinstance(value, dict):
+        out = {}
+        for key in sorted(value):
+            out |= flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(value, list):
+        return {prefix: json.dumps(value, sort_keys=True)}
+    return {prefix: value}
+
+
+def _key(fields: dict) -> str:
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def legacy_identity(summary: dict) -> dict:
+    """The setting of a run written before identities were recorded, from its summary's fields."""
+    method = {"name": summary.get("method")}
+    if summary.get("beta") is not None:
+        method["beta"] = float(summary["beta"])
+    return {
+        "model": {"name": summary.get("model")},
+        "task": {"name": summary.get("task")},
+        "method": method,
+        "sampling": {"temperature": summary.get("temperature"), "top_p": summary.get("top_p")},
+        "seed": summary.get("seed"),
+        "engine": summary.get("engine"),
+    }
+
+
+def _view(summary: dict, records: list[dict] | None) -> dict:
+    view = summary.get("view")
+    if view:
+        return view
+    ids = sorted({str(r["problem_id"]) for r in records or []})
+    sizes = {}
+    for r in records or []:
+        sizes[str(r["problem_id"])] = sizes.get(str(r["problem_id"]), 0) + 1
+    return {"problem_ids": ids, "problems": len(ids), "n_samples": max(sizes.values(), default=0),
+            "problem_ids_sha256": ids_digest(ids)}
+
+
+def _run_row(path: Path, records: list[dict] | None = None) -> dict:
     summary = json.loads((path / "summary.json").read_text())
-    row = {key: summary.get(key) for key in RUN_COLUMNS}
-    row.update(
-        run=str(path),
-        accuracy=summary["accuracy"],
-        stderr=summary["stderr"],
-        n=summary["n"],
-        complete=summary.get("complete", True),
-        mean_completion_tokens=summary.get("mean_completion_tokens"),
-        mixed_steps=summary.get("mixed_steps", {}).get("total", 0),
-    )
+    identity = summary.get("identity") or legacy_identity(summary)
+    if not summary.get("view") and records is None:
+        records = read_jsonl(path / SAMPLES)
+    view = _view(summary, records)
+    fields = flatten(identity)
+    setting = {k: v for k, v in fields.items() if k != "seed"}
+    row = {
+        **fields,
+        "run": str(path),
+        "legacy": "identity" not in summary,
+        "setting_key": _key(setting),
+        "config_key": _key({k: v for k, v in setting.items() if not k.startswith("task.")}),
+        "task_key": _key({**{k: v for k, v in setting.items() if k.startswith("task.")},
+                          "view.problems": view.get("problem_ids_sha256"), "view.n_samples": view.get("n_samples")}),
+        "problem_ids": tuple(view.get("problem_ids") or ()),
+        "n_problems": view.get("problems"),
+        "n_samples": view.get("n_samples"),
+        "model": fields.get("model.name"),
+        "task": fields.get("task.name"),
+        "method": fields.get("method.name"),
+        "beta": fields.get("method.beta"),
+        "temperature": fields.get("sampling.temperature"),
+        "top_p": fields.get("sampling.top_p"),
+        "seed": fields.get("seed"),
+        "engine": fields.get("engine"),
+        "accuracy": summary["accuracy"],
+        "stderr": summary["stderr"],
+        "n": summary["n"],
+        "complete": summary.get("complete", True),
+        "mean_completion_tokens": summary.get("mean_completion_tokens"),
+        "mixed_steps": (summary.get("mixed_steps") or {}).get("total", 0),
+    }
     return row
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:
-    """One row per run: its settings, accuracy, standard error and sizes."""
+    """One row per run: its flattened setting, its keys and view, accuracy and sizes."""
     rows = [_run_row(p) for p in run_dirs(root)]
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "run", "accuracy", "stderr", "n", "complete",
-                                       "mean_completion_tokens", "mixed_steps"])
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame(columns=[*SHORT, "run", "setting_key", "config_key", "task_key", *STATS])
+    return frame
 
 
-def load_samples(root: str | Path) -> pd.DataFrame:
-    """One row per graded sample: its run's settings, problem id, sample index, correct."""
+def load_samples(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per graded sample of each run's view (its problems, its first ``n_samples`` samples
+    per problem), with the run's keys and short settings."""
+    runs = load_runs(root) if runs is None else runs
     frames = []
-    for path in run_dirs(root):
-        settings = _run_row(path)
-        records = read_jsonl(path / SAMPLES)
-        frame = pd.DataFrame(
-            {
-                "problem_id": [str(r["problem_id"]) for r in records],
-                "sample_index": [int(r.get("sample_index", 0)) for r in records],
-                "correct": [bool(r.get("correct")) for r in records],
-            }
-        )
-        for key in [*RUN_COLUMNS, "run"]:
-            frame[key] = settings[key]
+    for run in runs.itertuples(index=False):
+        records = read_jsonl(Path(run.run) / SAMPLES)
+        wanted = set(run.problem_ids)
+        records = [r for r in records if str(r["problem_id"]) in wanted and int(r.get("sample_index", 0)) < (run.n_samples or 0)]
+        frame = pd.DataFrame({
+            "problem_id": [str(r["problem_id"]) for r in records],
+            "sample_index": [int(r.get("sample_index", 0)) for r in records],
+            "correct": [bool(r.get("correct")) for r in records],
+        })
+        for key in [*SHORT, "run", "setting_key", "config_key", "task_key"]:
+            frame[key] = getattr(run, key)
         frames.append(frame)
+    columns = [*SHORT, "run", "setting_key", "config_key", "task_key", "problem_id", "sample_index", "correct"]
     if not frames:
-        return pd.DataFrame(columns=[*RUN_COLUMNS, "run", "problem_id", "sample_index", "correct"])
+        return pd.DataFrame(columns=columns)
     return pd.concat(frames, ignore_index=True)
 
 
+# -- names and order --------------------------------------------------------------------------------
+def method_label(name: str) -> str:
+    """What tables call a method: its registered label (its name if it is not registered)."""
+    try:
+        return get_method(name).label
+    except ValueError:
+        return str(name)
+
+
+def method_rank(name: str) -> tuple:
+    try:
+        return (get_method(name).order, str(name))
+    except ValueError:
+        return (1000, str(name))
+
+
+def searched_params(name: str) -> tuple[str, ...]:
+    """The parameters a grid searches for a method (``Method.searched``)."""
+    try:
+        return get_method(name).searched
+    except ValueError:
+        return ()
+
+
 def task_columns(tasks) -> list[str]:
-    """Tasks in the paper's order, then any others alphabetically."""
-    present = set(tasks)
-    return [t for t in TASK_ORDER if t in present] + sorted(present - set(TASK_ORDER))
+    """Task names in the paper's order, then any others alphabetically."""
+    return sorted(set(tasks), key=task_order)
 
 
 NO_BETA = -1.0  # the sortable stand-in for "this method has no beta"
@@ -87,10 +193,6 @@ def beta_key(beta) -> float:
 def beta_from_key(key: float) -> float | None:
     """The beta a :func:`beta_key` stands for (None for ``NO_BETA``)."""
     return None if key == NO_BETA else float(key)
-
-
-def method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
 
 
 def clustered_se(samples: pd.DataFrame) -> float:

@@ -1,42 +1,45 @@
 """Choosing configurations from a grid, as the paper did: the best by mean accuracy over seeds.
 
-A *configuration* is (method, beta, temperature, top-p); on one task its accuracy is the mean
-over its seeds' runs. Ties go to the smaller beta, then the smaller
-temperature, then the smaller top-p, so the choice is deterministic.
+A *configuration* is a run's setting without its task and seed (``config_key``: the method with
+all its parameters, the sampling, the model, the engine). On one task (one ``task_key``: the same
+problems and samples per problem) its accuracy is the mean over its seeds' runs. Ties go to the
+smaller searched parameter (beta), then the smaller temperature, then the smaller top-p, then the
+key itself, so the choice is deterministic.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
-from harness.analysis.runs import beta_from_key, beta_key, load_runs
+from harness.analysis.runs import beta_from_key, beta_key, load_runs, searched_params
 from harness.errors import ConfigError
 
-CONFIG = ["beta", "temperature", "top_p"]
+ORDER = ["beta", "temperature", "top_p", "config_key"]
 
 
 def configuration_means(runs: pd.DataFrame, seeds: list[int] | None = None) -> pd.DataFrame:
-    """Mean accuracy (and its seed count) per (model, method, task, beta, temperature, top-p)."""
+    """Mean accuracy (and its seed count) per (model, method, task, task_key, config_key)."""
     frame = runs[runs["complete"]].copy()
     if seeds is not None:
         frame = frame[frame["seed"].isin(seeds)]
     frame["beta"] = frame["beta"].map(beta_key)
-    grouped = frame.groupby(["model", "method", "task", *CONFIG], dropna=False)
-    out = grouped.agg(accuracy=("accuracy", "mean"), sd=("accuracy", "std"), n_seeds=("seed", "nunique")).reset_index()
-    return out
+    keys = ["model", "method", "task", "task_key", "config_key", "beta", "temperature", "top_p"]
+    grouped = frame.groupby(keys, dropna=False)
+    return grouped.agg(accuracy=("accuracy", "mean"), sd=("accuracy", "std"), n_seeds=("seed", "nunique")).reset_index()
 
 
 def _order(frame: pd.DataFrame, score: str) -> pd.DataFrame:
-    return frame.sort_values([score, "beta", "temperature", "top_p"], ascending=[False, True, True, True], kind="stable")
+    return frame.sort_values([score, *ORDER], ascending=[False, True, True, True, True], kind="stable")
 
 
 def best_per_task(runs: pd.DataFrame, seeds: list[int] | None = None) -> pd.DataFrame:
-    """Per (model, method, task): the configuration with the best mean accuracy over seeds."""
+    """Per (model, method, task_key): the configuration with the best mean accuracy over seeds."""
     means = configuration_means(runs, seeds)
-    best = _order(means, "accuracy").groupby(["model", "method", "task"], sort=True).head(1)
-    return _restore_beta(best.sort_values(["model", "method", "task"]).reset_index(drop=True))
+    best = _order(means, "accuracy").groupby(["model", "method", "task_key"], sort=True).head(1)
+    return _restore_beta(best.sort_values(["model", "method", "task", "task_key"]).reset_index(drop=True))
 
 
 def best_configuration(
@@ -45,7 +48,8 @@ def best_configuration(
     """The configuration of one (model, method) with the best mean accuracy averaged over tasks.
 
     Only configurations with results on every task in ``over`` compete. Returns a dict with
-    ``beta`` (None for non-MoI methods), ``temperature``, ``top_p`` and ``score``, or None.
+    ``config_key``, the method's searched parameters (``beta`` for MoI, None for others),
+    ``temperature``, ``top_p`` and ``score``, or None.
     """
     if runs is None or runs.empty:
         return None
@@ -53,12 +57,17 @@ def best_configuration(
     means = means[means["task"].isin(over)]
     if means.empty:
         return None
-    per_config = means.groupby(CONFIG).agg(score=("accuracy", "mean"), n_tasks=("task", "nunique")).reset_index()
+    per_config = means.groupby(["config_key", "beta", "temperature", "top_p"]).agg(
+        score=("accuracy", "mean"), n_tasks=("task", "nunique")).reset_index()
     per_config = per_config[per_config["n_tasks"] == len(set(over))]
     if per_config.empty:
         return None
     row = _order(per_config, "score").iloc[0]
-    return {"beta": beta_from_key(row["beta"]), "temperature": float(row["temperature"]), "top_p": float(row["top_p"]), "score": float(row["score"])}
+    choice = {"config_key": row["config_key"], "beta": beta_from_key(row["beta"]), "temperature": float(row["temperature"]),
+              "top_p": float(row["top_p"]), "score": float(row["score"])}
+    config = json.loads(row["config_key"])
+    choice["searched"] = {name: config.get(f"method.{name}") for name in searched_params(method)}
+    return choice
 
 
 def _restore_beta(frame: pd.DataFrame) -> pd.DataFrame:
@@ -76,8 +85,8 @@ def derived_choices(derive: dict, model: str, results_dir: str, sampling: dict, 
     """
     source = Path(derive.get("source") or results_dir)
     if placeholder:
-        stand_in = {"beta": 1.0, "temperature": sampling["temperature"], "top_p": sampling["top_p"]}
-        return {method: stand_in for method in derive["methods"]}
+        return {method: {"searched": {}, "temperature": sampling["temperature"], "top_p": sampling["top_p"]}
+                for method in derive["methods"]}
     runs = load_runs(source) if source.exists() else None
     choices = {}
     for method in derive["methods"]:

@@ -18,6 +18,7 @@ import yaml
 from harness.analysis.paper import Experiments, build
 from harness.cli.common import compose, config_dir, one_line_errors, runs_folder, split_args, wants_help
 from harness.errors import UserError
+from harness.methods import method_names
 from harness.pipeline.grid import expand
 
 
@@ -29,17 +30,25 @@ def experiment_names(family: str) -> tuple[str, str, str]:
     return first, f"{family}_tableA1", f"{family}_tableA4"
 
 
-def experiments(family: str) -> Experiments:
-    """The grid cells of a family's three experiments, read from their configs."""
+def experiments(family: str, treatment: str = "moi", baseline: str = "standard") -> Experiments:
+    """The grid cells of a family's three experiments and the A1 experiment's ``derive`` section,
+    read from their configs, with the methods the tables compare."""
     folder = Path(config_dir()) / "experiment"
-    grids = []
+    configs = []
     for name in experiment_names(family):
         path = folder / f"{name}.yaml"
         if not path.exists():
             families = sorted(p.stem.removesuffix("_tableA1") for p in folder.glob("*_tableA1.yaml"))
             raise UserError(f"family {family!r} has no experiment config {name}.yaml; valid families: {', '.join(families)}")
-        grids.append(expand((yaml.safe_load(path.read_text()) or {}).get("grid") or []))
-    return Experiments(family, *grids)
+        configs.append(yaml.safe_load(path.read_text()) or {})
+    for method in (treatment, baseline):
+        if method not in method_names():
+            raise UserError(f"unknown method {method!r}; valid methods: {', '.join(method_names())}")
+    grids = [expand(c.get("grid") or []) for c in configs]
+    derive = configs[1].get("derive") or {}
+    return Experiments(family, *grids, derive={"methods": derive.get("methods", [treatment, baseline]),
+                                               "over": derive.get("over", ["aime", "countdown"])},
+                       treatment=treatment, baseline=baseline)
 
 
 @one_line_errors
@@ -50,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     plain, settings = split_args(argv, {"out": "out", "family": "family"})
     cfg = compose("paper", settings)
     runs_dir = runs_folder("moi-paper", plain, cfg["runs_dir"])
-    grids = experiments(str(cfg["family"]))
+    grids = experiments(str(cfg["family"]), str(cfg["treatment"]), str(cfg["baseline"]))
     for path in build(runs_dir, Path(cfg["out"]) if cfg["out"] else runs_dir / "paper", grids):
         print(path)
     return 0

@@ -81,6 +81,9 @@ class MethodSpec:
         """Requests with equal groups are processed together by an engine."""
         return (self.method, *self.impl.group_key(self.params))
 
+    def __str__(self) -> str:
+        return f"{self.method}(" + ", ".join(f"{k}={v}" for k, v in self.values) + ")"
+
     def identity(self) -> dict:
         """The method and the parameters that determine samples (the run identity's part)."""
         return {"name": self.method, **self.impl.identity(self.params)}

@@ -70,13 +70,13 @@ def compose_cells(base_overrides: list[str], cells: list[dict]) -> list[dict]:
 def derive_cells(cells: list[dict], choices: dict[str, dict]) -> list[dict]:
     """The cells once per derived method, each with that method's chosen configuration added.
 
-    ``choices`` maps a method to its configuration (``beta``, ``temperature``, ``top_p``), as
+    ``choices`` maps a method to its configuration (``temperature``, ``top_p`` and ``searched``: the
+    method's searched parameters, e.g. MoI's beta), as
     :func:`harness.analysis.selection.derived_choices` selects it from stored runs.
     """
     out = []
     for method, choice in choices.items():
         settings = {"method": method, "sampling.temperature": choice["temperature"], "sampling.top_p": choice["top_p"]}
-        if method == "moi":
-            settings["method.beta"] = choice["beta"]
+        settings |= {f"method.{name}": value for name, value in (choice.get("searched") or {}).items() if value is not None}
         out += [{**cell, **settings} for cell in cells]
     return out

@@ -78,6 +78,11 @@ def load_problems(cfg: dict) -> tuple[Task, list[dict], dict]:
     return task, (problems[:limit] if limit is not None else problems), source
 
 
+def view(cfg: dict, problems: list[dict]) -> tuple[list[str], int]:
+    """Which samples an invocation needs: the selected problems' ids and the samples per problem."""
+    return [str(p["id"]) for p in problems], int(cfg["task"].get("n_samples", 1))
+
+
 def prepare(cfg: dict) -> RunPlan:
     """Check a resolved config, load its task's data, and plan what is missing on disk."""
     validate(cfg)

@@ -3,6 +3,7 @@ completions (hand-written, or from another tool) against a task's problems."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -23,17 +24,26 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def regrade_run(path: Path, workers: int, timeout: float | None, progress: bool = True) -> tuple[int, dict]:
     """Re-grade one run directory in place with the task's current grader; returns the number of
-    samples correct before, and the new summary."""
+    samples correct before, and the new summary.
+
+    Samples that stand alone (schema 2 records of a task whose gold answer suffices) are graded
+    from the run alone; otherwise the task's data is loaded (and must be the data the samples
+    came from: its sha256 is checked against the records').
+    """
     config_file = path / "config.yaml"
     if not config_file.exists():
         raise UserError(f"{path} is not a run directory (no config.yaml)")
     cfg = yaml.safe_load(config_file.read_text())
     task_cfg = cfg["task"]
     task = get_task(task_cfg["name"])
-    problems, _ = task.load(task_cfg)
-    by_id = {p["id"]: p for p in problems}
     run = RunDir(path)
     samples = run.samples()
+    if task.self_contained and samples and all(s.get("schema", 1) >= 2 for s in samples):
+        by_id = {s["problem_id"]: {"id": s["problem_id"], **(s.get("gold") or {})} for s in samples}
+    else:
+        problems, source = task.load(task_cfg)
+        _check_same_data(path, samples, source)
+        by_id = {p["id"]: p for p in problems}
     missing = sorted({s["problem_id"] for s in samples} - set(by_id))
     if missing:
         raise DataError(f"{path}: problems {missing[:5]} are not in the task's data; is it the same dataset?")
@@ -43,8 +53,24 @@ def regrade_run(path: Path, workers: int, timeout: float | None, progress: bool 
         grades = grade_many(items, workers=workers, timeout=grading_timeout(task_cfg, timeout), progress=bar)
     before = sum(bool(s.get("correct")) for s in samples)
     run.rewrite_samples([with_grade(s, g) for s, g in zip(samples, grades)])
-    limit = task_cfg.get("limit")
-    return before, write_summary(run, cfg, problems[:limit] if limit else problems)
+    return before, write_summary(run, cfg, [{"id": i} for i in _view_ids(path, samples)])
+
+
+def _view_ids(path: Path, samples: list[dict]) -> list[str]:
+    """The problems the run's summary covered (its view), or else every problem it has samples of."""
+    summary = path / "summary.json"
+    if summary.exists():
+        ids = (json.loads(summary.read_text()).get("view") or {}).get("problem_ids")
+        if ids:
+            return list(ids)
+    return sorted({s["problem_id"] for s in samples})
+
+
+def _check_same_data(path: Path, samples: list[dict], source: dict) -> None:
+    recorded = {(s.get("data") or {}).get("sha256") for s in samples} - {None}
+    if recorded and source.get("sha256") and source["sha256"] not in recorded:
+        raise DataError(f"{path}: the task's data file ({source.get('path')}) is not the one its samples came from "
+                        f"(sha256 {source['sha256'][:12]}..., the samples name {sorted(recorded)[0][:12]}...)")
 
 
 def grade_lines(task_cfg: dict, lines: list[dict], source: str, workers: int, timeout: float | None,

@@ -182,7 +182,9 @@ def _classify(code: int, exited: bool, cpu_s: float, stderr: str, limits: Limits
         return "time_limit", f"wall clock limit of {limits.time_s + limits.wall_slack_s:g} s"
     if code == 0:
         return "ok", ""
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and cpu_s >= math.ceil(limits.time_s) - 0.05:
+    # SIGXCPU comes from RLIMIT_CPU alone (rusage may report a little less CPU time than the kernel
+    # counted when the machine is busy); SIGKILL at RLIMIT_CPU's hard limit, or from elsewhere.
+    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu_s >= math.ceil(limits.time_s) - 0.05):
         return "time_limit", f"CPU time limit of {math.ceil(limits.time_s)} s"
     if code == -signal.SIGXFSZ or code == EXIT_OUTPUT:
         return "output_limit", f"output larger than {limits.output_mb} MiB"

@@ -101,6 +101,8 @@ class MoIRunnerMixin:
         start = time.perf_counter()
         self.moi.flush()
         self.moi.finish(scheduler_output.finished_req_ids)
+        if not scheduler_output.total_num_scheduled_tokens:
+            self.moi.flush()  # an idle step: nothing runs on the device, so finished counts are filed now
         self.moi.host_seconds += time.perf_counter() - start
         result = super()._update_states(scheduler_output)
         for new in scheduler_output.scheduled_new_reqs:
