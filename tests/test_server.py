@@ -125,6 +125,27 @@ def test_bad_requests_get_a_400_and_the_server_goes_on(server, xargs, fragment):
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
 
 
+def test_soft_thinking_per_request_through_the_server(server, tiny_model_cfg):
+    """Soft Thinking's parameters travel in vllm_xargs; the server takes the model's think-end token
+    (the tiny model's </think>) and its tokens equal the offline transformers engine's."""
+    from harness.engines.base import Request
+    from harness.engines.transformers_engine import TransformersEngine
+    from harness.methods import make_spec
+
+    xargs = {"moi_method": "soft_thinking", "moi_entropy_threshold": 100.0, "moi_length_threshold": 3,
+             "moi_after_thinking_temperature": 0.0, "moi_seed": 5}
+    body = {"model": "tiny", "prompt": "the answer number is", "max_tokens": 8, "temperature": 0.6, "seed": 5,
+            "return_token_ids": True, "vllm_xargs": xargs}
+    reply = httpx.post(f"{server.url}/completions", json=body, timeout=60)
+    assert reply.status_code == 200, reply.text
+    served = reply.json()["choices"][0]["token_ids"]
+    spec = make_spec("soft_thinking", entropy_threshold=100.0, length_threshold=3, after_thinking_temperature=0.0)
+    request = Request(id="st", prompt="the answer number is", method=spec, temperature=0.6, max_tokens=8, seed=5)
+    [(_, offline)] = list(TransformersEngine(tiny_model_cfg, {}).generate([request]))
+    assert served == offline.token_ids
+    assert offline.token_ids[2] == 4  # Cold Stop emitted the tiny tokenizer's </think> (id 4) at the third step
+
+
 LM_EVAL_TASK = """task: moi_local
 dataset_path: json
 dataset_kwargs:

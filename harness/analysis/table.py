@@ -96,8 +96,12 @@ def wide_table(runs: pd.DataFrame, stats: pd.DataFrame) -> tuple[pd.DataFrame, p
     configs = runs.groupby("config_key", sort=False).agg(model=("model", "first"), method=("method", "first")).reset_index()
     searched = sorted({f"method.{p}" for m in configs.method for p in searched_params(m)})
     shown = searched + ["sampling.temperature", "sampling.top_p"]
-    within = {f for _, same in configs.groupby("model") for f in _varying(list(same.config_key), "task.")}
-    shown += [f for f in sorted(within) if f not in shown and f not in HIDDEN]  # what sets a model's rows apart
+    # What sets a model's rows apart: a method's parameters where they differ among its own rows
+    # (between methods the Method column says it), any other field where it differs at all.
+    within = {f for _, same in configs.groupby("model") for f in _varying(list(same.config_key), "method.")}
+    within |= {f for _, same in configs.groupby(["model", "method"]) for f in _varying(list(same.config_key), "task.")
+               if f.startswith("method.")}
+    shown += [f for f in sorted(within) if f not in shown and f not in HIDDEN]
     rows = []
     for cfg in configs.itertuples():
         fields = json.loads(cfg.config_key)
