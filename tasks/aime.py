@@ -25,7 +25,7 @@ import threading
 
 from harness.tasks import register
 from harness.tasks.base import Grade, Task, final_answer_text, last_boxed
-from harness.tasks.data import load_rows
+from harness.tasks.data import require
 
 PROMPT = "Question: {problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 # The reference script's prompt: "\b" in a plain string is a backspace, so "\boxed" became "\x08oxed".
@@ -103,27 +103,11 @@ class AIME(Task):
     order = 0
     version = 1
 
-    def load(self, cfg: dict) -> tuple[list[dict], dict]:
-        data = cfg["data"]
-        rows, source = load_rows(data)
-        fields = {**DEFAULT_FIELDS, **(data.get("fields") or {})}
-        problems = []
-        for index, row in enumerate(rows):
-            if fields["problem"] not in row or fields["answer"] not in row:
-                raise ValueError(
-                    f"{self.name} row {index} lacks {fields['problem']!r}/{fields['answer']!r}: {sorted(row)}"
-                )
-            ident = row.get(fields["id"], index)
-            problems.append(
-                {
-                    "id": str(ident),
-                    "problem": row[fields["problem"]],
-                    "answer": str(row[fields["answer"]]).strip(),
-                }
-            )
-        if len({p["id"] for p in problems}) != len(problems):
-            raise ValueError(f"{self.name}: problem ids are not unique (field {fields['id']!r})")
-        return problems, source
+    def to_problem(self, row: dict, cfg: dict, position: int = 0) -> dict:
+        fields = {**DEFAULT_FIELDS, **((cfg.get("data") or {}).get("fields") or {})}
+        require(row, fields["problem"], fields["answer"])
+        ident = row.get(fields["id"], position)  # the row's position when the data has no ids
+        return {"id": str(ident), "problem": row[fields["problem"]], "answer": str(row[fields["answer"]]).strip()}
 
     def prompt(self, problem: dict, seed: int, cfg: dict) -> tuple[list[dict], dict]:
         reference = bool((cfg.get("prompt") or {}).get("reference_backspace", False))

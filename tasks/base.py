@@ -6,7 +6,7 @@ prompt variant, grader settings, version). Tasks are pure: no global state, no g
 
 The runner calls, for each problem and sample::
 
-    problems, source = task.load(cfg)                  # once per run
+    problems, source = task.load(cfg)                  # once per run (task.read + task.to_problem)
     prompt, meta = task.prompt(problem, seed, cfg)     # chat messages (or raw text) + meta
     ... the engine generates a completion ...
     grade = task.grade(problem, completion, meta, cfg)  # in a worker process, hard timeout
@@ -22,6 +22,10 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from harness.tasks.data import load_rows
+
+from harness.errors import DataError
 
 Prompt = list[dict] | str
 
@@ -49,10 +53,42 @@ class Task(ABC):
     order: int = 100
     version: int = 1
 
-    @abstractmethod
     def load(self, cfg: dict) -> tuple[list[dict], dict]:
         """All problems (JSON-able dicts, each with a unique string ``"id"``) in a fixed order, and
-        where they came from, for the manifest (hub id + resolved revision, or file + sha256)."""
+        where they came from, for the manifest (hub id + resolved revision, or file + sha256).
+
+        Raises DataError naming the file and line of a bad row (a missing field, a duplicate id),
+        or the data itself when it holds no problem.
+        """
+        located, source = self.read(cfg["data"])
+        problems, seen = [], {}
+        for position, (where, row) in enumerate(located):
+            try:
+                problem = self.to_problem(row, cfg, position)
+            except KeyError as err:
+                raise DataError(f"{where}: no field {err}") from None
+            except (ValueError, TypeError) as err:
+                raise DataError(f"{where}: {err}") from None
+            if problem is None:
+                continue
+            if problem["id"] in seen:
+                raise DataError(f"{where}: duplicate problem id {problem['id']!r} (first at {seen[problem['id']]})")
+            seen[problem["id"]] = where
+            problems.append(problem)
+        if not problems:
+            where = source.get("path") or source.get("id") or "the data"
+            raise DataError(f"{where}: no problems for task {self.name} (the data is empty, or every row was left out)")
+        return problems, source
+
+    def read(self, data: dict) -> tuple[list[tuple[str, dict]], dict]:
+        """The data's rows, each with where it came from, and the source record (default: a local
+        file, else a hub dataset; see ``harness.tasks.data.load_rows``)."""
+        return load_rows(data)
+
+    @abstractmethod
+    def to_problem(self, row: dict, cfg: dict, position: int = 0) -> dict | None:
+        """A data row (the ``position``-th) as a problem (None leaves it out); ValueError naming a
+        missing field."""
 
     @abstractmethod
     def prompt(self, problem: dict, seed: int, cfg: dict) -> tuple[Prompt, dict]:

@@ -17,7 +17,7 @@ from fractions import Fraction
 
 from harness.tasks import register
 from harness.tasks.base import Grade, Task, last_boxed
-from harness.tasks.data import load_rows
+from harness.tasks.data import require
 
 PROMPT = (
     "Using the numbers {nums}, create an equation that equals {target}. You can use basic arithmetic "
@@ -108,16 +108,11 @@ class CountDown(Task):
     order = 1
     version = 1
 
-    def load(self, cfg: dict) -> tuple[list[dict], dict]:
-        rows, source = load_rows(cfg["data"])
-        problems = []
-        for index, row in enumerate(rows):
-            nums = row.get("nums", row.get("numbers"))
-            if nums is None or "target" not in row:
-                raise ValueError(f"countdown row {index} has no nums/target fields: {sorted(row)}")
-            ident = row.get("id", row.get("hf_row", index))
-            problems.append({"id": str(ident), "nums": [int(n) for n in nums], "target": int(row["target"])})
-        return problems, source
+    def to_problem(self, row: dict, cfg: dict, position: int = 0) -> dict:
+        require(row, "nums" if "numbers" not in row else "numbers", "target")
+        nums = row.get("nums", row.get("numbers"))
+        ident = row.get("id", row.get("hf_row", position))  # the row's position when the data has no ids
+        return {"id": str(ident), "nums": [int(n) for n in nums], "target": int(row["target"])}
 
     def prompt(self, problem: dict, seed: int, cfg: dict) -> tuple[list[dict], dict]:
         text = PROMPT.format(nums=problem["nums"], target=problem["target"])

@@ -38,8 +38,11 @@ def local_path(path: str | Path) -> Path:
     return shipped if shipped.is_file() else given
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a local ``.jsonl``, ``.json`` (a list) or ``.parquet`` file."""
+Located = tuple[str, dict]  # where a row came from ("FILE:LINE", "DATASET[split] row N") and the row
+
+
+def read_rows(path: str | Path) -> list[Located]:
+    """Rows of a local ``.jsonl``, ``.json`` (a list) or ``.parquet`` file, each with where it came from."""
     path = local_path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -50,19 +53,25 @@ def read_rows(path: str | Path) -> list[dict]:
             for number, line in enumerate(handle, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        row = json.loads(line)
                     except json.JSONDecodeError as err:
                         raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                    if not isinstance(row, dict):
+                        raise DataError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
+                    rows.append((f"{path}:{number}", row))
         return rows
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise DataError(f"{path}: expected a JSON list of rows")
-        return data
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
+            raise DataError(f"{path}: expected a JSON list of objects")
+        return [(f"{path} row {number}", row) for number, row in enumerate(data, 1)]
     if suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict(orient="records")
+        return [(f"{path} row {n}", row) for n, row in enumerate(pd.read_parquet(path).to_dict(orient="records"), 1)]
     raise DataError(f"unsupported data file {path} (valid: .jsonl, .json, .parquet)")
 
 
@@ -71,8 +80,9 @@ def file_source(path: str | Path) -> dict:
     return {"kind": "file", "path": str(path.resolve()), "sha256": sha256_file(path)}
 
 
-def load_hub_rows(dataset_id: str, split: str, revision: str | None = None, config: str | None = None) -> tuple[list[dict], dict]:
-    """Rows of a hub dataset and its source record. Raises DataError with advice when offline."""
+def load_hub_rows(dataset_id: str, split: str, revision: str | None = None, config: str | None = None) -> tuple[list[Located], dict]:
+    """Rows of a hub dataset (with where they came from) and its source record. Raises DataError
+    with advice when offline."""
     try:
         import datasets
 
@@ -91,7 +101,7 @@ def load_hub_rows(dataset_id: str, split: str, revision: str | None = None, conf
         "revision": revision,
         "resolved_revision": _resolved_from_cache(ds) or dataset_commit(dataset_id, revision),
     }
-    return [dict(row) for row in ds], source
+    return [(f"{dataset_id}[{split}] row {n}", dict(row)) for n, row in enumerate(ds, 1)], source
 
 
 def _resolved_from_cache(ds) -> str | None:
@@ -103,7 +113,7 @@ def _resolved_from_cache(ds) -> str | None:
     return None
 
 
-def load_rows(data_cfg: dict) -> tuple[list[dict], dict]:
+def load_rows(data_cfg: dict) -> tuple[list[Located], dict]:
     """Rows and source from a task's ``data`` config: ``path`` (local file) wins over ``hub``."""
     path = data_cfg.get("path")
     if path:
@@ -112,3 +122,10 @@ def load_rows(data_cfg: dict) -> tuple[list[dict], dict]:
     if not hub:
         raise DataError("the task's data config names neither a local path nor a hub dataset")
     return load_hub_rows(hub, data_cfg.get("split", "train"), data_cfg.get("revision"), data_cfg.get("config"))
+
+
+def require(row: dict, *fields: str) -> None:
+    """ValueError naming the first missing field (and the fields the row has)."""
+    for name in fields:
+        if name not in row:
+            raise ValueError(f"no field {name!r} (the row has: {', '.join(sorted(map(str, row))) or 'none'})")

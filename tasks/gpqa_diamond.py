@@ -28,7 +28,7 @@ import zipfile
 
 from harness.tasks import register
 from harness.tasks.base import Grade, Task, final_answer_text
-from harness.tasks.data import file_source, load_rows, local_path
+from harness.tasks.data import file_source, load_rows, local_path, require
 
 from harness.errors import DataError
 
@@ -64,12 +64,14 @@ def read_zip_csv(path: str, member: str, password: str | None) -> list[dict]:
     return list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
 
 
-def load_gpqa_rows(data: dict) -> tuple[list[dict], dict]:
-    """Rows and source: ``path`` (a local file) wins over ``zip_path``, which wins over ``hub``."""
+def load_gpqa_rows(data: dict) -> tuple[list[tuple[str, dict]], dict]:
+    """Rows (with where they came from) and source: ``path`` (a local file) wins over ``zip_path``,
+    which wins over ``hub``."""
     if not data.get("path") and data.get("zip_path"):
         member = data.get("zip_member") or "dataset/gpqa_diamond.csv"
         rows = read_zip_csv(data["zip_path"], member, data.get("zip_password"))
-        return rows, {**file_source(data["zip_path"]), "member": member}
+        located = [(f"{data['zip_path']}:{member} row {n}", row) for n, row in enumerate(rows, 1)]
+        return located, {**file_source(data["zip_path"]), "member": member}
     try:
         return load_rows(data)
     except DataError as err:
@@ -79,9 +81,7 @@ def load_gpqa_rows(data: dict) -> tuple[list[dict], dict]:
 def to_problem(row: dict) -> dict:
     """A question of the dataset as a problem: its Record ID, the question, the correct answer and
     the three incorrect ones (whitespace stripped, nothing else changed)."""
-    missing = [c for c in COLUMNS if c not in row]
-    if missing:
-        raise ValueError(f"GPQA row lacks columns {missing}")
+    require(row, *COLUMNS)
     text = {c: str(row[c]).strip() for c in COLUMNS}
     return {
         "id": text["Record ID"],
@@ -180,12 +180,11 @@ class GPQADiamond(Task):
     order = 2
     version = 1
 
-    def load(self, cfg: dict) -> tuple[list[dict], dict]:
-        rows, source = load_gpqa_rows(cfg["data"])
-        problems = [to_problem(row) for row in rows]
-        if len({p["id"] for p in problems}) != len(problems):
-            raise ValueError("GPQA Record IDs are not unique")
-        return problems, source
+    def read(self, data: dict) -> tuple[list[tuple[str, dict]], dict]:
+        return load_gpqa_rows(data)
+
+    def to_problem(self, row: dict, cfg: dict, position: int = 0) -> dict:
+        return to_problem(row)
 
     def prompt(self, problem: dict, seed: int, cfg: dict) -> tuple[list[dict], dict]:
         order = permutation(problem["id"], seed)

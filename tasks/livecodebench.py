@@ -140,7 +140,7 @@ def in_window(contest_date: str, start: str | None, end: str | None) -> bool:
     return not (end and date > datetime.strptime(str(end), "%Y-%m-%d"))
 
 
-def _release_rows(data: dict) -> tuple[list[dict], dict]:
+def _release_rows(data: dict) -> tuple[list[tuple[str, dict]], dict]:
     """The rows of a release, read from the hub's JSONL files."""
     release = data.get("release") or "release_v2"
     if release not in RELEASES:
@@ -167,24 +167,14 @@ def _release_rows(data: dict) -> tuple[list[dict], dict]:
     return rows, source
 
 
-def load_problems(data: dict) -> tuple[list[dict], dict]:
-    """Problems and their source from a task's ``data`` config (``path`` wins over the hub)."""
+def read_problem_rows(data: dict) -> tuple[list[tuple[str, dict]], dict]:
+    """The rows (with where they came from) and source of a task's ``data`` config (``path`` wins
+    over the hub); the contest-date window is recorded in the source."""
     if data.get("path"):
         rows, source = read_rows(data["path"]), file_source(data["path"])
     else:
         rows, source = _release_rows(data)
-    start, end = data.get("start_date"), data.get("end_date")
-    source |= {"start_date": start, "end_date": end}
-    problems, seen = [], set()
-    for row in rows:
-        if not in_window(str(row.get("contest_date") or ""), start, end):
-            continue
-        problem = problem_from_row(row)
-        if problem["id"] in seen:
-            raise DataError(f"duplicate LiveCodeBench problem id {problem['id']}")
-        seen.add(problem["id"])
-        problems.append(problem)
-    return problems, source
+    return rows, source | {"start_date": data.get("start_date"), "end_date": data.get("end_date")}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -263,8 +253,14 @@ class LiveCodeBench(Task):
     order = 3
     version = 1
 
-    def load(self, cfg: dict) -> tuple[list[dict], dict]:
-        return load_problems(cfg["data"])
+    def read(self, data: dict) -> tuple[list[tuple[str, dict]], dict]:
+        return read_problem_rows(data)
+
+    def to_problem(self, row: dict, cfg: dict, position: int = 0) -> dict | None:
+        data = cfg.get("data") or {}
+        if not in_window(str(row.get("contest_date") or ""), data.get("start_date"), data.get("end_date")):
+            return None
+        return problem_from_row(row)
 
     def prompt(self, problem: dict, seed: int, cfg: dict) -> tuple[list[dict], dict]:
         return build_prompt(problem, cfg.get("prompt_style") or "user"), {}

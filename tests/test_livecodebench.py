@@ -56,7 +56,7 @@ def test_offline_file_loads(cfg, problems):
 
 def test_date_window_is_the_official_one(cfg):
     data = cfg["data"] | {"start_date": "2024-09-01", "end_date": "2024-10-01"}
-    window, source = lcb.load_problems(data)
+    window, source = load_lcb(data)
     assert window and all("2024-09-01" <= p["contest_date"] < "2024-10-01T00:00:01" for p in window)
     assert source["start_date"] == "2024-09-01"
     assert lcb.in_window("2024-10-01T00:00:00", None, "2024-10-01")
@@ -112,20 +112,20 @@ def fake_hub(tmp_path, monkeypatch):
 
 def test_hub_release_files_are_read_directly(fake_hub):
     data = {"hub": lcb.HUB_ID, "release": "release_v1", "revision": "main"}
-    problems, source = lcb.load_problems(data)
+    problems, source = load_lcb(data)
     assert [p["id"] for p in problems] == ["p1", "p2"]
     assert fake_hub == [(lcb.HUB_ID, "test.jsonl", "dataset", "main")]
     assert source["resolved_revision"] == "ab" * 20 and source["files"] == ["test.jsonl"]
     p2 = problems[1]
     assert p2["fn_name"] == "add" and [t["output"] for t in p2["tests"]] == ["3", "11"]  # public, then private
-    assert [p["id"] for p in lcb.load_problems(data | {"release": "release_v2"})[0]] == ["p1", "p2", "p3"]
-    assert [p["id"] for p in lcb.load_problems(data | {"release": "v2"})[0]] == ["p3"]
-    windowed = lcb.load_problems(data | {"release": "release_v2", "start_date": "2023-06-01", "end_date": "2024-01-31"})
+    assert [p["id"] for p in load_lcb(data | {"release": "release_v2"})[0]] == ["p1", "p2", "p3"]
+    assert [p["id"] for p in load_lcb(data | {"release": "v2"})[0]] == ["p3"]
+    windowed = load_lcb(data | {"release": "release_v2", "start_date": "2023-06-01", "end_date": "2024-01-31"})
     assert [p["id"] for p in windowed[0]] == ["p2"]
 
 
 def test_hub_problems_grade_against_private_tests(fake_hub, cfg):
-    problems, _ = lcb.load_problems({"release": "release_v1"})
+    problems, _ = load_lcb({"release": "release_v1"})
     task = get_task("livecodebench")
     right = "class Solution:\n    def add(self, a, b):\n        return a + b"
     public_only = "class Solution:\n    def add(self, a, b):\n        return 3"
@@ -138,14 +138,14 @@ def test_unknown_release_and_offline_hub_give_advice(monkeypatch):
     import huggingface_hub
 
     with pytest.raises(DataError, match="unknown LiveCodeBench release"):
-        lcb.load_problems({"release": "release_v9"})
+        load_lcb({"release": "release_v9"})
 
     def offline(*args, **kwargs):
         raise OSError("no network")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
     with pytest.raises(DataError, match="lcb_v5_279.jsonl"):
-        lcb.load_problems({"release": "release_v2"})
+        load_lcb({"release": "release_v2"})
 
 
 def test_rows_without_tests_are_refused():
@@ -310,6 +310,10 @@ def orphaned_programs() -> list[int]:
         except (OSError, StopIteration):
             continue
     return orphans
+
+
+def load_lcb(data: dict):
+    return get_task("livecodebench").load({"data": data})
 
 
 def test_grade_cli_looks_problems_up_by_id(tmp_path, capsys):

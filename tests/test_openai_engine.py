@@ -29,6 +29,8 @@ def test_transient_failures_are_retried_and_settings_travel_in_vllm_xargs(monkey
     calls = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/moi/requests"):
+            return httpx.Response(404)  # not a moi-serve server: no counters
         calls.append(request)
         if len(calls) == 1:
             raise httpx.ConnectError("refused")
@@ -42,12 +44,32 @@ def test_transient_failures_are_retried_and_settings_travel_in_vllm_xargs(monkey
     [(got, completion)] = list(engine.generate([request]))
     assert got is request and len(calls) == 3
     body = json.loads(calls[-1].content)
+    key = body["vllm_xargs"].pop("moi_request_key")
+    assert len(key) == 32
     assert body["vllm_xargs"] == {"moi_method": "moi", "moi_beta": 2.0, "moi_support": "topk", "moi_k": 20,
                                   "moi_reference_quirks": 1, "moi_seed": 11}
     assert (body["prompt"], body["seed"], body["top_k"], body["max_tokens"]) == ("What is 6 x 7?", 11, 5, 3)
     assert (completion.text, completion.finish_reason, completion.prompt_tokens, completion.completion_tokens) == (
         "42", "length", 7, 3)
-    assert completion.mixed_steps is None  # a remote server cannot tell
+    assert completion.mixed_steps is None  # a server without the counters route cannot tell
+
+
+def test_the_method_counters_come_from_the_servers_route(monkeypatch):
+    keys = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/moi/requests"):
+            key = request.url.params["keys"]
+            assert key == keys[-1]
+            return httpx.Response(200, json={"data": {key: {"method": "soft_thinking", "mixed_steps": 2,
+                                                            "thinking_ended_at": 2, "cold_stop": True}}})
+        keys.append(json.loads(request.content)["vllm_xargs"]["moi_request_key"])
+        return reply("ok")
+
+    engine = make_engine(handler, monkeypatch)
+    [(_, completion)] = list(engine.generate([Request(id="r", prompt="hi", method=make_spec("soft_thinking"))]))
+    assert completion.mixed_steps == 2 and completion.method_stats == {"mixed_steps": 2, "thinking_ended_at": 2,
+                                                                       "cold_stop": True}
 
 
 def test_a_refused_request_stops_with_the_servers_message(monkeypatch):
@@ -65,7 +87,7 @@ def test_a_refused_request_stops_with_the_servers_message(monkeypatch):
 
 def test_gives_up_after_the_retries(monkeypatch):
     engine = make_engine(lambda request: httpx.Response(502, text="bad gateway"), monkeypatch, max_retries=2)
-    with pytest.raises(openai_engine.ServerError, match="failed after 3 attempts"):
+    with pytest.raises(openai_engine.ServerError, match=r"failed 3 times \(HTTP 502: bad gateway\); is the server running\?"):
         list(engine.generate([Request(id="r", prompt="hi")]))
 
 

@@ -100,8 +100,11 @@ def test_a_sweep_through_the_server_equals_the_offline_engine(server, tiny_model
     assert served == offline
     moi_differs = sum(served[("moi-b1", k)] != served[("standard", k)] for m, k in served if m == "standard")
     assert moi_differs >= 1
-    summary = json.loads(next(tmp_path.rglob("moi-b1_*_openai_*/summary.json")).read_text())
-    assert summary["n"] == 6 and summary["mixed_steps"]["unknown"] == 6
+    # the server reports each request's counters (GET /v1/moi/requests): the same as offline
+    summaries = {engine: json.loads(next(tmp_path.rglob(f"moi-b1_*_{engine}_*/summary.json")).read_text())
+                 for engine in ("openai", "vllm")}
+    assert summaries["openai"]["n"] == 6 and summaries["openai"]["mixed_steps"]["unknown"] == 0
+    assert summaries["openai"]["mixed_steps"]["total"] == summaries["vllm"]["mixed_steps"]["total"] > 0
 
 
 @pytest.mark.parametrize(
@@ -123,6 +126,18 @@ def test_bad_requests_get_a_400_and_the_server_goes_on(server, xargs, fragment):
     ok = httpx.post(f"{server.url}/completions", json={**body, "vllm_xargs": {"moi_method": "moi", "moi_beta": 2}},
                     timeout=60)
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 4
+
+
+def test_n_is_capped_and_booleans_are_not_numbers(server):
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 2, "temperature": 0}
+    too_many = httpx.post(f"{server.url}/completions", json={**body, "n": 1000}, timeout=60)
+    assert too_many.status_code == 400 and "n=1000 is above this server's limit of 64" in too_many.text
+    boolean = httpx.post(f"{server.url}/completions", json={**body, "vllm_xargs": {"moi_method": "moi", "moi_beta": True}},
+                         timeout=60)
+    assert boolean.status_code == 400 and "moi_beta must be a finite number >= 0, got True" in boolean.text
+    assert httpx.post(f"{server.url}/completions", json={**body, "n": 2, "temperature": 0.6}, timeout=60).status_code == 200
+    log = server.log.read_text()
+    assert "MoI request" not in log  # no line per request by default
 
 
 def test_soft_thinking_per_request_through_the_server(server, tiny_model_cfg):
@@ -176,7 +191,8 @@ def test_lm_evaluation_harness_decodes_with_moi_through_the_server(tiny_model_pa
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     (tasks / "moi_local.yaml").write_text(LM_EVAL_TASK.format(data=data))
-    server = Server(tiny_model_path, tmp_path / "server.log", env={"MIXINPUTS_BETA": "1"}).wait()
+    server = Server(tiny_model_path, tmp_path / "server.log", env={"MIXINPUTS_BETA": "1"},
+                    extra=["serve.log_requests=true"]).wait()
     try:
         model_args = (f"model=tiny,base_url={server.url}/completions,tokenizer={tiny_model_path},"
                       "tokenizer_backend=huggingface,num_concurrent=1,max_retries=2")

@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.cli.common import compose, one_line_errors, split_args, wants_help
 from harness.errors import UserError
 from harness.pipeline.regrade import grade_lines, regrade_run
-from harness.storage import read_jsonl
+from harness.storage import read_records
 from harness.tasks import task_names
 
 FLAGS = {"task": "task", "data": "data", "workers": "workers", "timeout": "timeout", "progress": "progress", "file": "file"}
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         path = Path(file)
         if not path.is_file():
             raise UserError(f"file {file!r} is not a file")
-        lines = read_jsonl(path) if path.suffix == ".jsonl" else json.loads(path.read_text())
+        lines = read_records(path)
         data = Path(cfg["data"]) if cfg["data"] else None
         for out in grade_lines(cfg["task"], lines, str(path), workers, timeout, progress, data):
             print(json.dumps(out, ensure_ascii=False, sort_keys=True))

@@ -9,6 +9,7 @@ registry; none of them names a method. See README, "Adding a decoding method".
 from harness.methods.base import Feedback, Method, Param, Prepared, Rows
 from harness.methods.registry import (
     FIELD_PREFIX,
+    KEY_FIELD,
     METHOD_FIELD,
     SEED_FIELD,
     MethodSpec,
@@ -22,6 +23,6 @@ from harness.methods.registry import (
 )
 
 __all__ = [
-    "FIELD_PREFIX", "METHOD_FIELD", "SEED_FIELD", "Feedback", "Method", "MethodSpec", "Param", "Prepared", "Rows", "example_specs", "get_method",
+    "FIELD_PREFIX", "KEY_FIELD", "METHOD_FIELD", "SEED_FIELD", "Feedback", "Method", "MethodSpec", "Param", "Prepared", "Rows", "example_specs", "get_method",
     "make_spec", "method_names", "register", "spec_from_config", "spec_from_fields",
 ]

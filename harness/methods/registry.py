@@ -21,6 +21,7 @@ _INTERNAL = {"base", "batch", "registry", "mixing", "noise", "support"}
 FIELD_PREFIX = "moi_"  # request fields (vLLM's extra_args, the server's vllm_xargs): moi_method, moi_<param>
 METHOD_FIELD = FIELD_PREFIX + "method"
 SEED_FIELD = FIELD_PREFIX + "seed"  # the seed of a method's own noise (default: the request's seed)
+KEY_FIELD = FIELD_PREFIX + "request_key"  # a client's own key for the request's counters (the server's stats route)
 
 
 def register(cls: type[Method]) -> type[Method]:
@@ -137,6 +138,9 @@ def spec_from_fields(fields: Mapping | None, default: MethodSpec | None = None) 
     seed = fields.pop(SEED_FIELD, 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"{SEED_FIELD} must be an integer, got {seed!r}")
+    key = fields.pop(KEY_FIELD, "")
+    if not isinstance(key, str) or len(key) > 200:
+        raise ValueError(f"{KEY_FIELD} must be a string of at most 200 characters, got {key!r}")
     default = default or MethodSpec()
     name = fields.get(METHOD_FIELD, default.method)
     if not isinstance(name, str):

@@ -89,12 +89,25 @@ def grade_lines(task_cfg: dict, lines: list[dict], source: str, workers: int, ti
         if "completion" not in line:
             raise DataError(f"{source} line {number} has no 'completion' field")
         ident = str(line.get("id", line.get("problem_id", "")))
-        if by_id and ident not in by_id:
-            raise DataError(f"{source} line {number}: problem id {ident!r} is not in {data}")
-        problems.append({**by_id.get(ident, {}), **line})
+        if by_id:
+            if ident not in by_id:
+                raise DataError(f"{source} line {number}: problem id {ident!r} is not in {data}")
+            problems.append({**by_id[ident], **line})
+        else:
+            problems.append(_as_problem(task, task_cfg, line, number))
     graded_cfg = grader_config(task_cfg, timeout)
     items = [(task.name, graded_cfg, problem, line["completion"], line.get("prompt_meta") or {})
              for problem, line in zip(problems, lines)]
     with _progress(len(items), "grade", progress) as bar:
         grades = grade_many(items, workers=workers, timeout=grading_timeout(task_cfg, timeout), progress=bar)
     return [with_grade(line, grade) for line, grade in zip(lines, grades)]
+
+
+def _as_problem(task, task_cfg: dict, line: dict, number: int) -> dict:
+    """A line in the task's data format (a row its loader takes, e.g. a LiveCodeBench release row)
+    as the loader turns it into a problem; a line that already holds the problem's fields as is."""
+    try:
+        problem = task.to_problem(line, task_cfg, number - 1)
+    except (KeyError, ValueError, TypeError):
+        return line
+    return {**line, **(problem or {})}

@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from harness.errors import DataError
+
 
 def write_json(path: Path, data) -> None:
     """Write JSON atomically (a crash leaves the old file or the new one, never half)."""
@@ -26,9 +28,11 @@ def write_text(path: Path, text: str) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Records of a JSONL file, first occurrence of each ``key`` only, torn last line ignored.
+    """Records of one of the harness's own journals: first occurrence of each ``key`` only, a torn
+    last line (one without its newline: a write cut short) ignored. Records without a ``key`` are
+    all kept. A corrupt complete line raises DataError naming the file and the line.
 
-    Records without a ``key`` are all kept."""
+    Files from users are read whole with :func:`read_records` instead."""
     if not path.exists():
         return []
     records, seen = [], set()
@@ -45,12 +49,47 @@ def read_jsonl(path: Path) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise ValueError(f"{path}:{number}: corrupt line (not JSON); remove it to go on") from None
+            record = None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path}:{number}: a corrupt line (not a JSON object) in a run's journal; delete that line (its sample "
+                "is generated again) and run the same command to resume"
+            ) from None
         key = record.get("key")
         if key is not None:
             if key in seen:
                 continue
             seen.add(key)
+        records.append(record)
+    return records
+
+
+def read_records(path: Path) -> list[dict]:
+    """Every line of a user's JSONL file (or the objects of a JSON list), the last one included
+    with or without its newline; DataError naming the file and line of one that is not a JSON object."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path}: {err}") from None
+    if Path(path).suffix != ".jsonl" and text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        bad = next((i for i, item in enumerate(data, 1) if not isinstance(item, dict)), None)
+        if bad is not None:
+            raise DataError(f"{path}: item {bad} of the list is not a JSON object")
+        return data
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         records.append(record)
     return records
 

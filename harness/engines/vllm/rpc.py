@@ -24,6 +24,10 @@ class MoIWorkerMixin:
         """
         return self.model_runner.moi.request_stats(req_ids)
 
+    def moi_request_stats_by_key(self, keys: list[str]) -> dict[str, dict]:
+        """Per-request counts by the clients' own keys (``moi_request_key``): the server's stats route."""
+        return self.model_runner.moi.stats_by_key(keys)
+
     def moi_summary(self) -> dict:
         """Totals, memory and the runner class for this worker."""
         runner = type(self.model_runner)

@@ -37,7 +37,7 @@ from harness.engines.vllm.settings import (
     request_spec,
 )
 from harness.engines.vllm.state import NONE, SAMPLING, BatchState, Group, Pending
-from harness.methods import SEED_FIELD, MethodSpec, Prepared, Rows
+from harness.methods import KEY_FIELD, SEED_FIELD, MethodSpec, Prepared, Rows
 from harness.methods.batch import bucket, embed_feedback
 
 logger = logging.getLogger("vllm.moi")  # under vLLM's logger: shown in vLLM's logs
@@ -77,11 +77,13 @@ class MoIRunnerMixin:
         check_vllm_config(self.vllm_config)
         additional = self.vllm_config.additional_config
         default = default_spec(additional)
-        log_requests = bool(moi_section(additional).get("log_requests", False))
+        section = moi_section(additional)
+        log_requests = bool(section.get("log_requests", False))
         # Feed the model embeddings instead of token ids, so that rows can be mixed. The buffer
         # already exists (vLLM allocates it for prompt embeddings and multimodal inputs).
         self.enable_prompt_embeds = True
-        self.moi = BatchState(default, model_facts(additional), self.device, log_requests)
+        self.moi = BatchState(default, model_facts(additional), self.device, log_requests,
+                              float(section.get("log_summary_s", 60.0)))
         self._moi_embedding = None
         self._moi_full_scale: float | None = None
         self._moi_warned: set[str] = set()
@@ -155,7 +157,8 @@ class MoIRunnerMixin:
             "top_k": float(params.top_k) if params is not None and params.top_k else 0.0,
             "seed": extra.get(SEED_FIELD, params.seed if params is not None else None),
         }
-        self.moi.add(req_id, spec, req.num_prompt_tokens, sampling)
+        key = extra.get(KEY_FIELD, "")
+        self.moi.add(req_id, spec, req.num_prompt_tokens, sampling, key if isinstance(key, str) else "")
 
     def _moi_numbers(self) -> tuple[np.ndarray, np.ndarray]:
         """The request number of each row of the batch, and which rows are mixing requests."""

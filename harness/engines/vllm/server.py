@@ -21,6 +21,7 @@ from harness.errors import ConfigError
 from harness.models import resolve_model
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+ROUTES = "harness.engines.vllm.routes.MoIRoutes"  # the counters route and the cap on n
 # Engine arguments that are only switches (no --no-* form) or that the server does not take.
 _SWITCHES = {"disable_log_stats"}
 _SKIPPED = {"model"}
@@ -56,7 +57,11 @@ def server_command(cfg: dict) -> tuple[list[str], dict[str, str]]:
         default_spec({"moi": default})
     except MoIConfigError as err:
         raise ConfigError(f"serve.default: {err}") from None
-    section = {**default, "log_requests": bool(serve.get("log_requests", True))}
+    max_n = serve.get("max_n", 64)
+    if isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1:
+        raise ConfigError(f"serve.max_n must be a positive integer, got {max_n!r}")
+    section = {**default, "log_requests": bool(serve.get("log_requests", False)),
+               "log_summary_s": float(serve.get("log_summary_s", 60)), "max_n": max_n}
     model = resolve_model(cfg["model"])
     facts = model_facts(AutoTokenizer.from_pretrained(model.path, trust_remote_code=bool(cfg["model"].get("trust_remote_code"))),
                         cfg["model"])
@@ -65,6 +70,7 @@ def server_command(cfg: dict) -> tuple[list[str], dict[str, str]]:
     precheck(args)
     name = serve.get("served_model_name") or cfg["model"]["name"]
     argv = [sys.executable, "-m", SERVER_MODULE, "--model", model.path, "--host", str(serve["host"]),
-            "--port", str(serve["port"]), "--served-model-name", name, *to_flags(args), *map(str, serve.get("args") or [])]
+            "--port", str(serve["port"]), "--served-model-name", name, "--middleware", ROUTES, *to_flags(args),
+            *map(str, serve.get("args") or [])]
     env = dict(os.environ, VLLM_USE_V2_MODEL_RUNNER="0")
     return argv, env

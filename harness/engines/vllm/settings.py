@@ -13,7 +13,7 @@ from typing import Any
 from harness.methods import FIELD_PREFIX, MethodSpec, get_method, make_spec, method_names, spec_from_fields
 
 # Keys of ``additional_config["moi"]`` besides the default method's (``method`` and its parameters).
-OWN_KEYS = ("log_requests", "model_facts")
+OWN_KEYS = ("log_requests", "log_summary_s", "max_n", "model_facts")
 # The reference package's switch: MIXINPUTS_BETA=<beta>; a value <= -99 selects Direct Mixture.
 ENV_BETA = "MIXINPUTS_BETA"
 
@@ -24,8 +24,9 @@ class MoIConfigError(ValueError):
 
 def moi_section(additional_config: Any) -> dict:
     """The ``moi`` section of vLLM's ``additional_config`` (empty when absent): the default method
-    (``method`` and its parameters), ``log_requests``, and ``model_facts`` (what methods take from
-    the model, e.g. ``{"think_end_id": 151668}``)."""
+    (``method`` and its parameters), ``log_requests`` (a line per finished request),
+    ``log_summary_s`` (a summary line at most this often), ``max_n`` (the server's cap on choices
+    per request) and ``model_facts`` (what methods take from the model, e.g. ``{"think_end_id": 151668}``)."""
     if not isinstance(additional_config, Mapping):
         return {}
     section = additional_config.get("moi") or {}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -199,11 +200,16 @@ class BatchState:
     filed: np.ndarray
     replayed: np.ndarray
 
-    def __init__(self, default: MethodSpec, facts: dict, device: torch.device, log_requests: bool = False) -> None:
+    def __init__(self, default: MethodSpec, facts: dict, device: torch.device, log_requests: bool = False,
+                 log_summary_s: float = 60.0) -> None:
         self.default = default
         self.facts = facts
         self.device = device
         self.log_requests = log_requests
+        self.log_summary_s = log_summary_s
+        self.window = {"since": time.monotonic(), "requests": 0, "mixed_requests": 0, "mixed_steps": 0}
+        self.keys: dict[str, str] = {}  # live request id -> the client's key (moi_request_key)
+        self.finished_by_key: OrderedDict[str, dict] = OrderedDict()
         self.upload = Uploader(device)
         self.stager = Stager(device)
         self.index: dict[str, int] = {}  # request id -> number
@@ -263,9 +269,12 @@ class BatchState:
             self.groups.append(group)
         return self.group_ids[key]
 
-    def add(self, req_id: str, spec: MethodSpec, num_prompt: int, sampling: dict) -> None:
-        """A new request: its number, its group, its parameters and sampling settings, fresh state."""
+    def add(self, req_id: str, spec: MethodSpec, num_prompt: int, sampling: dict, key: str = "") -> None:
+        """A new request: its number, its group, its parameters and sampling settings, fresh state;
+        ``key``: the client's own key for its counters (the server's stats route)."""
         spec = spec.with_model(self.facts)
+        if key:
+            self.keys[req_id] = key
         if not self.free_numbers:
             self._grow(2 * len(self.specs))
         num = self.free_numbers.pop()
@@ -337,6 +346,11 @@ class BatchState:
     def _file_finished(self, req_id: str, stats: dict) -> None:
         self.totals["mixed_steps"] += stats["mixed_steps"]
         self.totals["replayed_steps"] += stats["replayed_steps"]
+        key = self.keys.pop(req_id, "")
+        if key:
+            self.finished_by_key[key] = stats
+            if len(self.finished_by_key) > MAX_FINISHED:
+                self.finished_by_key.popitem(last=False)
         if req_id in self.reported:
             self.reported.discard(req_id)
         else:
@@ -346,6 +360,19 @@ class BatchState:
         if self.log_requests and stats["mixed_steps"]:
             logger.info("MoI request %s finished: method=%s mixed_steps=%d replayed_steps=%d", req_id,
                         stats["method"], stats["mixed_steps"], stats["replayed_steps"])
+        self._log_summary(stats)
+
+    def _log_summary(self, stats: dict) -> None:
+        """One line at most every ``log_summary_s`` seconds: the requests finished since the last."""
+        window = self.window
+        window["requests"] += 1
+        window["mixed_requests"] += bool(stats["mixed_steps"])
+        window["mixed_steps"] += stats["mixed_steps"]
+        elapsed = time.monotonic() - window["since"]
+        if self.log_summary_s and elapsed >= self.log_summary_s:
+            logger.info("MoI: %d requests finished in the last %.0f s, %d of them with mixed inputs (%d mixed steps)",
+                        window["requests"], elapsed, window["mixed_requests"], window["mixed_steps"])
+            self.window = {"since": time.monotonic(), "requests": 0, "mixed_requests": 0, "mixed_steps": 0}
 
     # -- feedback kept between steps ----------------------------------------------------------------
 
@@ -412,6 +439,19 @@ class BatchState:
             elif req_id in self.index:
                 out[req_id] = self.stats(self.index[req_id])
                 self.reported.add(req_id)
+        return out
+
+    def stats_by_key(self, keys: Iterable[str]) -> dict[str, dict]:
+        """Counts for the requests with these client keys, read once, when they have finished (or
+        are finishing: see :meth:`request_stats`); keys not (yet) known are left out."""
+        self.flush()
+        live = {key: req_id for req_id, key in self.keys.items()}
+        out = {}
+        for key in keys:
+            if key in self.finished_by_key:
+                out[key] = self.finished_by_key.pop(key)
+            elif key in live and live[key] in self.index:
+                out[key] = self.stats(self.index[live[key]])
         return out
 
     def summary(self) -> dict:
