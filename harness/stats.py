@@ -53,6 +53,11 @@ def method_counters(samples: list[dict]) -> dict:
     return out
 
 
+def _context_cut(sample: dict) -> bool:
+    budget, requested = sample.get("max_tokens_effective"), (sample.get("sampling") or {}).get("max_tokens")
+    return budget is not None and requested is not None and budget < requested
+
+
 def summarize(samples: list[dict], expected: int | None = None) -> dict:
     """The summary of one run's graded samples."""
     by_problem: dict[str, list[float]] = defaultdict(list)
@@ -76,6 +81,8 @@ def summarize(samples: list[dict], expected: int | None = None) -> dict:
         "mean_prompt_tokens": sum(int(s.get("prompt_tokens", 0)) for s in samples) / n if n else 0.0,
         "finish_reasons": dict(sorted(Counter(s.get("finish_reason", "?") for s in samples).items())),
         "verdicts": dict(sorted(Counter(s.get("verdict", "?") for s in samples).items())),
+        # samples whose effective max_tokens the model's context cut below the requested one
+        "context_cut": sum(1 for s in samples if _context_cut(s)),
         "mixed_steps": {
             "total": sum(mixed),
             "samples_with_mixing": sum(1 for m in mixed if m > 0),

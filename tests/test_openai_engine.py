@@ -105,3 +105,21 @@ def test_chat_prompts_with_a_prefix_continue_the_assistant_message(monkeypatch):
     assert results == {str(i): "ok" for i in range(6)}
     assert all(b["messages"][-1] == {"role": "assistant", "content": "<think>\n"} and b["continue_final_message"]
                for b in bodies)
+
+
+def test_max_tokens_are_cut_to_the_context_and_too_long_prompts_not_sent(monkeypatch, tiny_model_path):
+    sent = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/moi/requests"):
+            return httpx.Response(404)
+        sent.append(json.loads(request.content))
+        return reply("1")
+
+    engine = make_engine(handler, monkeypatch, tokenizer=tiny_model_path)
+    engine.context_len = 32
+    short, long = (Request(id=i, prompt=" ".join(["word"] * n), temperature=0, max_tokens=16) for i, n in (("s", 8), ("l", 30)))
+    got = {r.id: c for r, c in engine.generate([short, long])}
+    [body] = sent
+    assert body["max_tokens"] == 32 - len(body["prompt"]) < 16 and got["s"].max_tokens == body["max_tokens"]
+    assert got["l"].finish_reason == "prompt_too_long" and got["l"].max_tokens == 0

@@ -236,3 +236,37 @@ def test_sample_records_stand_alone_and_regrade_without_the_data(tiny_model_path
     assert grade.main([str(run), "progress=false"]) == 0
     regraded = json.loads((run / "samples.jsonl").read_text().splitlines()[0])
     assert regraded["verdict"] in ("wrong_numbers", "wrong") and regraded["extracted"] is not None
+
+
+def test_the_context_caps_max_tokens_and_says_so_once(tiny_model_path, tmp_path):
+    """prompt + completion never exceed model.max_model_len: each sample records the limit it got, one
+    warning per run says so, and prompts with no room left are recorded as prompt_too_long."""
+    def samples_of(results: Path) -> list[dict]:
+        return [json.loads(line) for line in (only_run(results) / "samples.jsonl").read_text().splitlines()]
+
+    common = base_args(tiny_model_path, tmp_path / "cut") + ["task.limit=3", "sampling.max_tokens=16"]
+    cut = harness_run([*common, "model.max_model_len=137"])
+    samples = samples_of(tmp_path / "cut")
+    assert len(samples) == 3
+    for s in samples:
+        assert s["max_tokens_effective"] == min(16, 137 - s["prompt_tokens"]) < 16
+        assert s["prompt_tokens"] + s["completion_tokens"] <= 137 and s["finish_reason"] in ("stop", "length")
+    assert (cut.stdout + cut.stderr).count("cuts generation short") == 1
+    assert json.loads((only_run(tmp_path / "cut") / "summary.json").read_text())["context_cut"] == 3
+
+    lengths = sorted(s["prompt_tokens"] for s in samples)
+    context = lengths[0] + 1  # the shortest prompt gets one token, the longer ones none
+    common = base_args(tiny_model_path, tmp_path / "long") + ["task.limit=3", "sampling.max_tokens=16"]
+    tight = harness_run([*common, f"model.max_model_len={context}"])
+    samples = samples_of(tmp_path / "long")
+    too_long = [s for s in samples if s["prompt_tokens"] >= context]
+    assert too_long and len(too_long) < 3
+    for s in too_long:
+        assert (s["finish_reason"], s["verdict"], s["completion"], s["correct"]) == ("prompt_too_long", "prompt_too_long", "", False)
+        assert s["max_tokens_effective"] == 0
+    assert (tight.stdout + tight.stderr).count("leaves no room") == 1
+    assert f"{len(too_long)} prompt_too_long" in tight.stdout
+    from harness.cli import grade
+
+    assert grade.main([str(only_run(tmp_path / "long")), "--no-progress"]) == 0  # re-grading keeps the verdict
+    assert [s["verdict"] for s in samples_of(tmp_path / "long")] == [s["verdict"] for s in samples]

@@ -246,10 +246,30 @@ def test_abandoned_generation_is_aborted_and_errors_name_the_request(engine):
         next(engine.generate(requests))
     stream.close()  # the other three are aborted
     assert not engine.engine.has_unfinished_requests()
-    too_long = Request(id="long", prompt=prompt_of(0, 3000), temperature=0, max_tokens=4)
-    with pytest.raises(ValueError, match="request long"):
-        list(engine.generate([too_long]))
     assert len(run(engine, requests)) == 4
+
+
+def test_the_context_caps_max_tokens_as_in_transformers(squeezed, tiny_model_cfg):
+    """max_model_len=512 on both engines: prompts that leave fewer than max_tokens get what is left
+    (the same tokens on both), prompts that leave nothing are prompt_too_long, the rest are untouched."""
+    from harness.engines.transformers_engine import TransformersEngine
+
+    reference = TransformersEngine({**tiny_model_cfg, "max_model_len": 512}, {"batch_size": 8})
+    try:
+        lengths = {n: len(reference.tokenizer(prompt_of(n, n))["input_ids"]) for n in (40, 300, 330, 400)}
+        requests = [Request(id=f"c{n}", prompt=prompt_of(n, n), method=SPECS[n % 4], temperature=0, max_tokens=120)
+                    for n in lengths]
+        got, want = run(squeezed, requests), run(reference, requests)
+    finally:
+        reference.close()
+    assert_same(got, want, requests)
+    for n, length in lengths.items():
+        budget = min(120, 512 - length)
+        assert got[f"c{n}"].max_tokens == want[f"c{n}"].max_tokens == max(budget, 0)
+        assert (got[f"c{n}"].finish_reason == "prompt_too_long") == (budget < 1)
+        assert got[f"c{n}"].completion_tokens <= max(budget, 0)
+    assert {c.finish_reason for c in got.values()} >= {"prompt_too_long"}
+    assert sum(0 < 512 - length < 120 for length in lengths.values()) >= 1  # some cut, not all
 
 
 def test_more_requests_than_the_submission_window(engine):

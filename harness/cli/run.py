@@ -35,7 +35,15 @@ def describe(summary: dict) -> str:
         f"top_p={summary['top_p']:g} seed={summary['seed']}: accuracy {summary['accuracy']:.3f} "
         f"± {summary['stderr']:.3f} (n={summary['n']}/{summary['n_expected']}), "
         f"mean tokens {summary['mean_completion_tokens']:.1f}, mixed steps {summary['mixed_steps']['total']}"
+        + _context_note(summary)
     )
+
+
+def _context_note(summary: dict) -> str:
+    too_long = (summary.get("finish_reasons") or {}).get("prompt_too_long", 0)
+    cut = summary.get("context_cut", 0) - too_long
+    notes = [f"{too_long} prompt_too_long"] * bool(too_long) + [f"{cut} cut short by the context"] * bool(cut > 0)
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def grid_configs(cfg: dict) -> list[dict]:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from harness.methods import MethodSpec
 
-FINISH_REASONS = ("stop", "length")
+# "prompt_too_long": the prompt leaves no room in the model's context; nothing was generated.
+FINISH_REASONS = ("stop", "length", "prompt_too_long")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class Request:
 class Completion:
     """What a request produced. ``mixed_steps`` counts the generated tokens fed back as mixtures
     (None when the engine cannot tell); ``method_stats`` holds the method's own counters (e.g.
-    Soft Thinking's ``thinking_ended_at`` and ``cold_stop``) and its per-step histograms."""
+    Soft Thinking's ``thinking_ended_at`` and ``cold_stop``) and its per-step histograms.
+    ``max_tokens`` is the limit the engine applied: the request's, or less where the model's
+    context (prompt + completion) leaves less (see :func:`token_budget`)."""
 
     text: str
     token_ids: list[int]
@@ -48,12 +51,18 @@ class Completion:
     mixed_steps: int | None = 0
     prompt_text: str = ""
     method_stats: dict = field(default_factory=dict)
+    max_tokens: int | None = None
 
 
 class Engine(ABC):
-    """A loaded model that turns requests into completions."""
+    """A loaded model that turns requests into completions.
+
+    ``context_len`` is the model's context window (prompt + completion tokens), None when the
+    engine cannot tell; every engine cuts a request's ``max_tokens`` to what it leaves.
+    """
 
     name: str = "engine"
+    context_len: int | None = None
 
     @abstractmethod
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[Request, Completion]]:
@@ -97,6 +106,18 @@ def encode_prompt(tokenizer, request: Request) -> tuple[str, list[int]]:
     text, is_chat = render_prompt(tokenizer, request)
     ids = tokenizer(text, add_special_tokens=not is_chat)["input_ids"]
     return text, list(ids)
+
+
+def token_budget(max_tokens: int, prompt_tokens: int, context_len: int | None) -> int:
+    """The tokens a request may generate: its ``max_tokens``, cut to what the model's context leaves
+    after the prompt (the same rule in every engine; below 1 the prompt is too long)."""
+    return max_tokens if context_len is None else min(max_tokens, context_len - prompt_tokens)
+
+
+def prompt_too_long(prompt_text: str, prompt_ids: Sequence[int]) -> Completion:
+    """The completion of a request whose prompt fills the model's context: nothing generated."""
+    return Completion(text="", token_ids=[], finish_reason="prompt_too_long", prompt_tokens=len(prompt_ids),
+                      completion_tokens=0, mixed_steps=0, prompt_text=prompt_text, max_tokens=0)
 
 
 def model_facts(tokenizer, model_cfg: dict) -> dict:

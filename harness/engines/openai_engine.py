@@ -23,7 +23,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import httpx
 
-from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt
+from harness.engines.base import (
+    Completion,
+    Engine,
+    Request,
+    decode_completion,
+    encode_prompt,
+    prompt_too_long,
+    token_budget,
+)
 from harness.errors import ConfigError, UserError
 from harness.methods import KEY_FIELD, SEED_FIELD
 
@@ -58,7 +66,12 @@ class OpenAIEngine(Engine):
         self.timeout = float(engine_cfg.get("timeout", 3600))
         key = engine_cfg.get("api_key") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self.client = httpx.Client(base_url=self.url, timeout=self.timeout, headers={"Authorization": f"Bearer {key}"})
-        self.served_model = engine_cfg.get("served_model") or self._first_model()
+        self.served_model, served_context = engine_cfg.get("served_model"), None
+        if not self.served_model:
+            self.served_model, served_context = self._first_model()
+        # the server's context window where it says it (vLLM lists max_model_len), else the model config's
+        context = served_context or model_cfg.get("max_model_len")
+        self.context_len = int(context) if context else None
         self.tokenizer = None
         self.model_info = None
         if engine_cfg.get("tokenizer", "model"):
@@ -72,15 +85,16 @@ class OpenAIEngine(Engine):
                 source = self.model_info.path
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=bool(model_cfg.get("trust_remote_code")))
 
-    def _first_model(self) -> str:
+    def _first_model(self) -> tuple[str, int | None]:
+        """The server's first model and its context window where the server says it."""
         try:
-            models = self._call("GET", "/models", retries=min(self.max_retries, 2))["data"]
-            return models[0]["id"]
+            first = self._call("GET", "/models", retries=min(self.max_retries, 2))["data"][0]
+            return first["id"], first.get("max_model_len")
         except (KeyError, IndexError, TypeError) as err:
             raise ServerError(f"the server at {self.url} lists no models ({type(err).__name__}: {err})") from None
 
     def info(self) -> dict:
-        return {"engine": self.name, "url": self.url, "served_model": self.served_model,
+        return {"engine": self.name, "url": self.url, "served_model": self.served_model, "context_len": self.context_len,
                 "concurrency": self.concurrency, "prompts": "token ids" if self.tokenizer else "text/chat"}
 
     def close(self) -> None:
@@ -111,7 +125,8 @@ class OpenAIEngine(Engine):
         raise ServerError(f"{method} {self.url}{path} failed {retries + 1} times ({problem}); is the server running? "
                           "(start one with moi-serve, or set engine.url)")
 
-    def _body(self, request: Request, key: str = "") -> tuple[str, dict, str]:
+    def _body(self, request: Request, key: str = "") -> tuple[str, dict, str, list[int] | None]:
+        """The route, the request body, the prompt text and (with a tokenizer) the prompt's ids."""
         body = {
             "model": self.served_model,
             "max_tokens": request.max_tokens,
@@ -125,18 +140,22 @@ class OpenAIEngine(Engine):
             body["top_k"] = request.top_k
         if self.tokenizer is not None:
             text, ids = encode_prompt(self.tokenizer, request)
-            return "/completions", {**body, "prompt": ids, "return_token_ids": True}, text
+            body["max_tokens"] = token_budget(request.max_tokens, len(ids), self.context_len)
+            return "/completions", {**body, "prompt": ids, "return_token_ids": True}, text, ids
         if isinstance(request.prompt, str):
-            return "/completions", {**body, "prompt": request.prompt + request.prefix}, request.prompt + request.prefix
+            text = request.prompt + request.prefix
+            return "/completions", {**body, "prompt": text}, text, None
         messages = list(request.prompt)
         if request.prefix:
             messages.append({"role": "assistant", "content": request.prefix})
             body.update(add_generation_prompt=False, continue_final_message=True)
-        return "/chat/completions", {**body, "messages": messages}, ""
+        return "/chat/completions", {**body, "messages": messages}, "", None
 
     def _complete(self, request: Request) -> Completion:
         key = uuid.uuid4().hex
-        path, body, prompt_text = self._body(request, key)
+        path, body, prompt_text, prompt_ids = self._body(request, key)
+        if prompt_ids is not None and body["max_tokens"] < 1:
+            return prompt_too_long(prompt_text, prompt_ids)
         reply = self._call("POST", path, body)
         choice = reply["choices"][0]
         text = choice["message"]["content"] if "message" in choice else choice["text"]
@@ -156,6 +175,7 @@ class OpenAIEngine(Engine):
             prompt_text=prompt_text,
             method_stats={} if stats is None else {k: v for k, v in stats.items()
                                                    if k not in (*request.method.params, "method", "replayed_steps")},
+            max_tokens=body["max_tokens"],
         )
 
     def _stats(self, key: str) -> dict | None:

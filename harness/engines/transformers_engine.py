@@ -14,7 +14,16 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt, model_facts
+from harness.engines.base import (
+    Completion,
+    Engine,
+    Request,
+    decode_completion,
+    encode_prompt,
+    model_facts,
+    prompt_too_long,
+    token_budget,
+)
 from harness.methods import Rows
 from harness.methods.batch import bucket, embed_feedback, mix_dense, numeric_params
 from harness.models import resolve_model
@@ -45,8 +54,9 @@ def sample_token(logits: torch.Tensor, request: Request, generator: torch.Genera
 class _Row:
     """A request being decoded."""
 
-    def __init__(self, request: Request, prompt_text: str, prompt_ids: list[int], facts: dict):
+    def __init__(self, request: Request, prompt_text: str, prompt_ids: list[int], facts: dict, max_tokens: int):
         self.request = request
+        self.max_tokens = max_tokens
         self.spec = request.method.with_model(facts)
         self.params = numeric_params(self.spec)
         self.state = dict(self.spec.impl.state)
@@ -91,6 +101,9 @@ class TransformersEngine(Engine):
         self.facts = model_facts(self.tokenizer, model_cfg)
         self.eos_ids = self._eos_ids()
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # the context window, as vLLM takes it: the model config's max_model_len, else the model's own
+        context = model_cfg.get("max_model_len") or getattr(self.model.config, "max_position_embeddings", None)
+        self.context_len = int(context) if context else None
 
     def _eos_ids(self) -> set[int]:
         ids = set()
@@ -111,6 +124,7 @@ class TransformersEngine(Engine):
             "device": str(self.device),
             "dtype": str(self.model.dtype).replace("torch.", ""),
             "batch_size": self.batch_size,
+            "context_len": self.context_len,
             "moi_path": "harness.engines.transformers_engine (inputs_embeds decode loop)",
             "moi_extra_memory_bytes": 0,
         }
@@ -130,7 +144,13 @@ class TransformersEngine(Engine):
         rows = []
         for request in requests:
             text, ids = encode_prompt(self.tokenizer, request)
-            rows.append(_Row(request, text, ids, self.facts))
+            budget = token_budget(request.max_tokens, len(ids), self.context_len)
+            if budget < 1:
+                yield request, prompt_too_long(text, ids)
+            else:
+                rows.append(_Row(request, text, ids, self.facts, budget))
+        if not rows:
+            return
         width = max(len(r.prompt_ids) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -240,7 +260,7 @@ class TransformersEngine(Engine):
             text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
             if any(s and s in text for s in request.stop):
                 row.finish_reason = "stop"
-        if row.finish_reason is None and len(row.generated) >= request.max_tokens:
+        if row.finish_reason is None and len(row.generated) >= row.max_tokens:
             row.finish_reason = "length"
         if row.finish_reason is not None:
             row.text = decode_completion(self.tokenizer, row.generated, request.stop)
@@ -258,4 +278,5 @@ class TransformersEngine(Engine):
             mixed_steps=row.mixed_steps,
             prompt_text=row.prompt_text,
             method_stats=row.method_stats(),
+            max_tokens=row.max_tokens,
         )

@@ -55,7 +55,9 @@ def identity(cfg: dict) -> dict:
     """
     method = method_spec(cfg).identity()
     model = cfg["model"]
-    model_id = {"name": model.get("name"), "dtype": model.get("dtype"), "revision": model.get("revision")}
+    model_id = {"name": model.get("name"), "dtype": model.get("dtype"), "revision": model.get("revision"),
+                # the context caps every sample's max_tokens (prompt + completion <= max_model_len)
+                "max_model_len": model.get("max_model_len")}
     if model.get("build"):
         model_id.update(build=model["build"], build_seed=model.get("build_seed", 0))
     else:

@@ -46,11 +46,21 @@ def generation_record(plan: RunPlan, key: str, completion: Completion) -> dict:
         "finish_reason": completion.finish_reason,
         "prompt_tokens": completion.prompt_tokens,
         "completion_tokens": completion.completion_tokens,
+        "max_tokens_effective": completion.max_tokens,
         "mixed_steps": completion.mixed_steps,
         "method_stats": completion.method_stats,
         "method": plan.spec.identity(),
         "sampling": dict(plan.cfg["sampling"], max_tokens=max_tokens(plan.cfg)),
     }
+
+
+def fixed_grade(record: dict) -> dict | None:
+    """The grade of a sample that no grader needs to see (a prompt too long for the model's context:
+    nothing was generated, so it counts as wrong), or None."""
+    if record.get("finish_reason") == "prompt_too_long":
+        details = {"prompt_tokens": record.get("prompt_tokens"), "error": "the prompt leaves no room in the model's context"}
+        return {"correct": False, "extracted": None, "verdict": "prompt_too_long", "details": details}
+    return None
 
 
 def with_grade(record: dict, grade: dict) -> dict:

@@ -11,7 +11,7 @@ import yaml
 
 from harness.errors import DataError, UserError
 from harness.pipeline.grading import grade_many, grader_config, grading_timeout
-from harness.pipeline.records import with_grade, write_summary
+from harness.pipeline.records import fixed_grade, with_grade, write_summary
 from harness.storage import RunDir
 from harness.tasks import get_task
 
@@ -48,11 +48,12 @@ def regrade_run(path: Path, workers: int, timeout: float | None, progress: bool 
     if missing:
         raise DataError(f"{path}: problems {missing[:5]} are not in the task's data; is it the same dataset?")
     graded_cfg = grader_config(task_cfg, timeout)
-    items = [(task.name, graded_cfg, by_id[s["problem_id"]], s["completion"], s.get("prompt_meta") or {}) for s in samples]
+    todo = [s for s in samples if fixed_grade(s) is None]
+    items = [(task.name, graded_cfg, by_id[s["problem_id"]], s["completion"], s.get("prompt_meta") or {}) for s in todo]
     with _progress(len(items), f"grade {path.name}", progress) as bar:
-        grades = grade_many(items, workers=workers, timeout=grading_timeout(task_cfg, timeout), progress=bar)
+        grades = iter(grade_many(items, workers=workers, timeout=grading_timeout(task_cfg, timeout), progress=bar))
     before = sum(bool(s.get("correct")) for s in samples)
-    run.rewrite_samples([with_grade(s, g) for s, g in zip(samples, grades)])
+    run.rewrite_samples([with_grade(s, fixed_grade(s) or next(grades)) for s in samples])
     return before, write_summary(run, cfg, [{"id": i} for i in _view_ids(path, samples)])
 
 

