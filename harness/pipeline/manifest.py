@@ -32,7 +32,8 @@ def package_versions() -> dict:
 
 
 def git_state(repo: Path = REPO) -> dict:
-    """The harness's git commit and whether the working tree had changes."""
+    """The harness's git commit and whether the working tree had changes (untracked files too: an
+    untracked model config can drive a run; ignored files such as results are not changes)."""
     def git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
@@ -41,8 +42,11 @@ def git_state(repo: Path = REPO) -> dict:
         return out.stdout.strip() if out.returncode == 0 else None
 
     sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+    status = git("status", "--porcelain", "--untracked-files=all")
+    if status is None:
+        return {"sha": sha, "dirty": None}
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"sha": sha, "dirty": bool(changed), "changed_files": changed[:50], "changed_count": len(changed)}
 
 
 def hardware() -> dict:
