@@ -95,14 +95,16 @@ def test_engine_arguments(tiny_model_cfg, monkeypatch):
     from harness.engines.vllm import ENGINE_ARGS
     from harness.engines.vllm.engine import engine_args, precheck
 
-    args = engine_args(tiny_model_cfg, {"name": "vllm", "max_num_seqs": 8, "seed": None, "extra": {"swap_space": 1}},
+    args = engine_args(tiny_model_cfg, {"name": "vllm", "max_num_seqs": 8, "seed": None, "extra": {"max_logprobs": 5}},
                        "/m")
     assert {k: args[k] for k in ENGINE_ARGS} == ENGINE_ARGS
-    assert args["max_num_seqs"] == 8 and args["swap_space"] == 1 and args["seed"] == 0
+    assert args["max_num_seqs"] == 8 and args["max_logprobs"] == 5 and args["seed"] == 0
     assert args["distributed_executor_backend"] == "uni" and args["model"] == "/m"
     precheck(args)
     with pytest.raises(ConfigError, match="unknown engine.max_seqs"):
         engine_args(tiny_model_cfg, {"max_seqs": 8}, "/m")
+    with pytest.raises(ConfigError, match=r"engine.extra.swap_space is not a vLLM 0.32.* engine argument"):
+        engine_args(tiny_model_cfg, {"extra": {"swap_space": 8}}, "/m")  # vLLM 0.32 has none
     with pytest.raises(ConfigError, match="pipeline_parallel_size"):
         precheck(engine_args(tiny_model_cfg, {"pipeline_parallel_size": 2}, "/m"))
     with pytest.raises(ConfigError, match="speculative_config"):
@@ -110,3 +112,23 @@ def test_engine_arguments(tiny_model_cfg, monkeypatch):
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     with pytest.raises(ConfigError, match="VLLM_USE_V2_MODEL_RUNNER=0"):
         precheck(args)
+
+
+def test_the_cpu_kv_cache_is_sized_from_the_model_and_the_batch(tiny_model_cfg):
+    """max_num_seqs x max_model_len tokens of the model (its layers, KV heads and head size),
+    rounded up to whole blocks; half the RAM at most, one full sequence at least."""
+    from transformers import AutoConfig
+
+    from harness.engines.vllm.engine import cpu_kv_cache_bytes, engine_args
+
+    path = tiny_model_cfg["path"]
+    config = AutoConfig.from_pretrained(path)
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads) * 4
+    per_sequence = per_token * (2048 // 128 + 1) * 128
+    assert cpu_kv_cache_bytes(path, 2048, 8, "float32") == 8 * per_sequence
+    assert cpu_kv_cache_bytes(path, 2048, 8, "bfloat16") == 4 * per_sequence
+    assert cpu_kv_cache_bytes(path, 2048, 1000, "float32", ram_bytes=10 * per_sequence) == 5 * per_sequence
+    assert cpu_kv_cache_bytes(path, 2048, 8, "float32", ram_bytes=per_sequence) == per_sequence
+    args = engine_args(tiny_model_cfg, {"max_num_seqs": 8}, path)
+    assert args["kv_cache_memory_bytes"] == 8 * per_sequence and "gpu_memory_utilization" not in args
+    assert "kv_cache_memory_bytes" not in engine_args(tiny_model_cfg, {"gpu_memory_utilization": 0.3}, path)

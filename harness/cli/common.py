@@ -7,6 +7,7 @@ Every command takes ``key=value`` settings (Hydra's override grammar). ``moi-gra
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
@@ -29,8 +30,27 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+# Errors of the disk, not of the harness: said in one line with the path and what to do.
+_DISK_ADVICE = {
+    errno.ENOSPC: "free some space, then run the same command again (runs resume where they stopped)",
+    errno.EDQUOT: "free some space, then run the same command again (runs resume where they stopped)",
+    errno.EROFS: "choose a writable folder (e.g. results_dir=...)",
+    errno.EACCES: "choose a folder you can write to (e.g. results_dir=...) or fix its permissions",
+    errno.EPERM: "choose a folder you can write to (e.g. results_dir=...) or fix its permissions",
+}
+
+
+def disk_error(err: OSError) -> str | None:
+    """One line for a full, read-only or forbidden path, or None for any other OSError."""
+    if err.errno not in _DISK_ADVICE or (err.errno in (errno.EACCES, errno.EPERM) and not err.filename):
+        return None
+    where = f" {err.filename}" if err.filename else ""
+    return f"cannot write{where}: {err.strerror or errno.errorcode[err.errno]}; {_DISK_ADVICE[err.errno]}"
+
+
 def one_line_errors(main: Callable) -> Callable:
-    """Run ``main``, turning a UserError into one line on stderr and exit code 2."""
+    """Run ``main``, turning a UserError, or a full, read-only or forbidden disk, into one line on
+    stderr and exit code 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -38,6 +58,11 @@ def one_line_errors(main: Callable) -> Callable:
             return main(*args, **kwargs)
         except UserError as err:
             fail(str(err))
+        except OSError as err:
+            message = disk_error(err)
+            if message is None:
+                raise
+            fail(message)
 
     return wrapper
 
@@ -83,18 +108,9 @@ def runs_folder(command: str, plain: list[str], configured: str | None) -> Path:
 
 def compose(config_name: str, overrides: list[str]) -> dict:
     """A command's config (``configs/NAME.yaml`` with the overrides), resolved to plain values."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from harness.cli.overrides import compose as checked_compose
 
-    try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = hydra_compose(config_name, overrides=overrides)
-        return OmegaConf.to_container(cfg, resolve=True)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise UserError(str(err).strip().splitlines()[0]) from None
+    return checked_compose(config_name, overrides)
 
 
 def wants_help(argv: list[str], doc: str) -> bool:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.analysis.selection import derived_choices
 from harness.cli.common import config_dir, one_line_errors
+from harness.cli.overrides import checked_main
 from harness.errors import ConfigError
 from harness.pipeline import runner
 from harness.pipeline.grid import compose_cells, derive_cells, expand
@@ -80,5 +81,10 @@ def run_job(plain: dict) -> list[dict] | None:
 
 
 @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> list[dict] | None:
+def hydra_main(cfg: DictConfig) -> list[dict] | None:
     return run_job(OmegaConf.to_container(cfg, resolve=True))
+
+
+def main() -> None:
+    """``moi-run``: the command line checked (one line for a bad setting), then Hydra."""
+    checked_main("config", hydra_main)

