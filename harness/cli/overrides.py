@@ -115,17 +115,19 @@ def compose(config_name: str, overrides: list[str]) -> dict:
         raise UserError(explain(err, config_name, overrides)) from None
 
 
-def check(config_name: str, argv: list[str]) -> None:
-    """Compose the config for every value of every sweep on this command line; raise a one-line
-    UserError at the first bad one. With a sweep, also check that ``results_dir`` (where Hydra
-    writes its multirun record) can be written. Command lines with other Hydra flags are left
-    to Hydra."""
+def check(config_name: str, argv: list[str], validate=None) -> None:
+    """Compose the config for every value of every sweep on this command line (and ``validate``
+    it); raise a one-line UserError at the first bad one, before any job runs. With a sweep, also
+    check that ``results_dir`` (where Hydra writes its multirun record) can be written. Command
+    lines with other Hydra flags are left to Hydra."""
     if any(a.startswith("-") and a not in MULTIRUN for a in argv):
         return
     overrides = [a for a in argv if a not in MULTIRUN]
     cases = _cases(_parse(overrides))
     for case in cases:
         cfg = compose(config_name, case)
+        if validate is not None:
+            validate(cfg)
     if any(a in MULTIRUN for a in argv) and cfg.get("results_dir"):
         _check_writable(Path(str(cfg["results_dir"])))
 
@@ -139,10 +141,12 @@ def _check_writable(folder: Path) -> None:
     os.unlink(probe)
 
 
-def checked_main(config_name: str, hydra_main) -> None:
+def checked_main(config_name: str, hydra_main, validate=None) -> None:
     """Run a ``@hydra.main`` function after checking the command line (one line and exit 2 on a
-    bad setting, like the commands' other errors)."""
+    bad setting, like the commands' other errors). ``-m`` may come anywhere (Hydra wants it first)."""
     from harness.cli.common import one_line_errors
 
-    one_line_errors(check)(config_name, sys.argv[1:])
+    one_line_errors(check)(config_name, sys.argv[1:], validate)
+    flags = [a for a in sys.argv[1:] if a in MULTIRUN]
+    sys.argv[1:] = flags[:1] + [a for a in sys.argv[1:] if a not in MULTIRUN]
     hydra_main()

@@ -23,6 +23,7 @@ from harness.cli.common import config_dir, one_line_errors
 from harness.cli.overrides import checked_main
 from harness.errors import ConfigError
 from harness.pipeline import runner
+from harness.pipeline.config import validate
 from harness.pipeline.grid import compose_cells, derive_cells, expand
 from harness.pipeline.plan import describe_plan
 
@@ -87,4 +88,10 @@ def hydra_main(cfg: DictConfig) -> list[dict] | None:
 
 def main() -> None:
     """``moi-run``: the command line checked (one line for a bad setting), then Hydra."""
-    checked_main("config", hydra_main)
+    checked_main("config", hydra_main, validate=_validate_job)
+
+
+def _validate_job(cfg: dict) -> None:
+    """A job's own settings (a grid's cells are checked as they are composed)."""
+    if not cfg.get("grid"):
+        validate(cfg)

@@ -60,7 +60,12 @@ def run(configs: list[dict]) -> list[dict]:
     engine_keys = {json.dumps([c["model"], c["engine"]], sort_keys=True, default=str) for c in configs}
     if len(engine_keys) != 1:
         raise ConfigError("all cells of a grid must share the model and the engine settings")
-    engine = get_engine(configs[0]) if needs_engine(plans) else None
+    try:
+        engine = get_engine(configs[0]) if needs_engine(plans) else None
+    except BaseException:
+        for plan in plans:  # a run that never started leaves nothing behind
+            plan.run.remove_if_unused()
+        raise
     return execute(plans, engine, progress=bool(configs[0].get("progress", True)))
 
 

@@ -7,6 +7,7 @@ written twice: readers keep the first line of a key.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -115,6 +116,9 @@ class JsonlAppender:
         if not self._handle.closed:
             try:
                 os.fsync(self._handle.fileno())
+            except OSError as err:
+                if err.errno != errno.EINVAL:  # EINVAL: a file that cannot be synced (a pipe, a device)
+                    raise OSError(err.errno, err.strerror, str(self.path)) from None
             finally:
                 self._handle.close()
 

@@ -73,6 +73,20 @@ class RunDir:
         body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
         write_text(self.samples_path, body)
 
+    def remove_if_unused(self, levels: int = 2) -> None:
+        """Remove the directory if it holds nothing but its config (a run whose engine never
+        started), and then its parent folders up to ``levels`` above it while they are empty."""
+        if {p.name for p in self.path.iterdir()} - {"config.yaml"}:
+            return
+        (self.path / "config.yaml").unlink(missing_ok=True)
+        folder = self.path
+        for _ in range(levels + 1):
+            try:
+                folder.rmdir()
+            except OSError:
+                return
+            folder = folder.parent
+
     def finish(self) -> None:
         """Drop the journal once every generation is graded into samples.jsonl."""
         self.close()
