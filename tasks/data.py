@@ -8,11 +8,11 @@ it resolved to (looked up at load time, since a branch name like ``main`` moves)
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from harness.errors import DataError
 from harness.hub import commit_in_path, dataset_commit
+from harness.storage.jsonl import located_records
 
 
 def sha256_file(path: str | Path) -> str:
@@ -47,27 +47,8 @@ def read_rows(path: str | Path) -> list[Located]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-                    if not isinstance(row, dict):
-                        raise DataError(f"{path}:{number}: a row must be a JSON object, got {type(row).__name__}")
-                    rows.append((f"{path}:{number}", row))
-        return rows
-    if suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):
-            raise DataError(f"{path}: expected a JSON list of objects")
-        return [(f"{path} row {number}", row) for number, row in enumerate(data, 1)]
+    if suffix in (".jsonl", ".json"):
+        return located_records(path)
     if suffix == ".parquet":
         import pandas as pd
 

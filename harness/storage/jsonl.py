@@ -65,34 +65,41 @@ def read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-def read_records(path: Path) -> list[dict]:
-    """Every line of a user's JSONL file (or the objects of a JSON list), the last one included
-    with or without its newline; DataError naming the file and line of one that is not a JSON object."""
+def located_records(path: Path) -> list[tuple[str, dict]]:
+    """Every object of a user's file with where it is: the lines of a JSONL file (``FILE:LINE``;
+    the last one with or without its newline), or the items of a JSON list (a ``.json`` file, or
+    any other whose text starts with ``[``: ``FILE row N``). DataError naming the file and line of
+    anything that is not a JSON object."""
+    path = Path(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise DataError(f"cannot read {path}: {err}") from None
-    if Path(path).suffix != ".jsonl" and text.lstrip().startswith("["):
+    if path.suffix == ".json" or (path.suffix != ".jsonl" and text.lstrip().startswith("[")):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
-        bad = next((i for i, item in enumerate(data, 1) if not isinstance(item, dict)), None)
-        if bad is not None:
-            raise DataError(f"{path}: item {bad} of the list is not a JSON object")
-        return data
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
-        records.append(record)
-    return records
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        located = [(f"{path} row {number}", item) for number, item in enumerate(data, 1)]
+    else:
+        located = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    located.append((f"{path}:{number}", json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for where, item in located:
+        if not isinstance(item, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    return located
+
+
+def read_records(path: Path) -> list[dict]:
+    """Every object of a user's JSONL file or JSON list (see :func:`located_records`)."""
+    return [record for _, record in located_records(path)]
 
 
 class JsonlAppender:
