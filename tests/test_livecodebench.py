@@ -270,7 +270,8 @@ def test_verdicts_through_the_grading_pool(problems, cfg):
         "passed": ("abc365_b", SECOND_BEST),
         "wrong_answer": ("3528", MAX_SCORE_WRONG),
         "time_limit": ("abc365_b", "while True:\n    pass"),
-        "memory_limit": ("abc365_b", "x = []\nwhile True:\n    x.append(' ' * 10**7)"),
+        # 100 MB blocks: the address-space limit comes within a few dozen steps, long before any time limit
+        "memory_limit": ("abc365_b", "x = []\nwhile True:\n    x.append(bytearray(10**8))"),
         "runtime_error": ("abc365_b", "import os\nos.kill(os.getppid(), 9)"),
         "syntax_error": ("3528", "class Solution:\n    def findMaximumScore(self, nums:\n"),
     }
