@@ -107,6 +107,31 @@ def test_a_sweep_through_the_server_equals_the_offline_engine(server, tiny_model
     assert summaries["openai"]["mixed_steps"]["total"] == summaries["vllm"]["mixed_steps"]["total"] > 0
 
 
+def test_the_readmes_requests_work_on_a_live_server(server, tiny_model_path, tmp_path):
+    """The README's curl request, its OpenAI-client example and its engine=openai sweep (bounded), as
+    they are written, against a live server (tests/test_readme.py leaves these to this test)."""
+    import shlex
+
+    from readme import blocks, commands
+
+    readme_url = "http://127.0.0.1:8000/v1"
+    [curl] = [c for c in commands() if c.startswith("curl ")]
+    words = shlex.split(curl)
+    reply = httpx.post(words[2].replace(readme_url, server.url), json=json.loads(words[words.index("-d") + 1]), timeout=300)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    [client] = [b for b in blocks("python") if "OpenAI(" in b]
+    ran = subprocess.run([sys.executable, "-c", client.replace(readme_url, server.url)], capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    [sweep] = [c for c in commands() if c.startswith("moi-run -m engine=openai")]
+    bound = {"engine.url": server.url, "model.path": tiny_model_path, "results_dir": str(tmp_path), "progress": "false",
+             "task.limit": "2", "sampling.max_tokens": "4", "hydra.launcher.n_jobs": "2"}
+    args = [w for w in shlex.split(sweep)[1:] if w.split("=", 1)[0] not in bound] + [f"{k}={v}" for k, v in bound.items()]
+    harness_run(args)
+    assert len(list(tmp_path.rglob("summary.json"))) == 4  # Standard once, MoI at three betas
+
+
 @pytest.mark.parametrize(
     "xargs,fragment",
     [
