@@ -378,6 +378,9 @@ class VLLMEngine(Engine):
             "moi_memory": {
                 "device_bytes_peak": summary["device_bytes_peak"],
                 "host_history_bytes_peak": summary["history_bytes_peak"],
+                # the bound of MoI's device memory and what it took from vLLM's KV budget (memory.py)
+                "device_bound_bytes": summary.get("bound_bytes"),
+                "reserved_from_kv_bytes": summary.get("reserved_bytes"),
             },
             "moi": summary,
             "num_preemptions": self.num_preemptions(),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from harness.engines.vllm.memory import MIX_WIDTH
 from harness.engines.vllm.settings import (
     check_vllm_config,
     default_spec,
@@ -89,6 +90,8 @@ class MoIRunnerMixin:
         self._moi_buffer_checked = False
         self._moi_warned: set[str] = set()
         self._moi_kept_bytes = 0
+        # Embeddings gathered at once when mixing sparse supports (what memory.MIX_WIDTH reserves).
+        self._moi_mix_items = self.vllm_config.scheduler_config.max_num_seqs * MIX_WIDTH
         logger.info(
             "MoI active: %s (vLLM V1 model runner subclass); per-request methods from "
             "SamplingParams.extra_args moi_*; default for requests without them: %s",
@@ -297,6 +300,8 @@ class MoIRunnerMixin:
                 self._moi_mix_fresh(g, item_numbers[pick], token_index[pick], out)
             if (pick := in_group & replay).any():
                 self._moi_replay(g, item_numbers[pick], gen_index[pick], token_index[pick], out)
+        # Feedback consumed now is not needed any more: free it before the forward pass.
+        self._moi_kept_bytes = moi.forget_unused_records()
 
     def _moi_mix_fresh(self, g: int, numbers: np.ndarray, token_index: np.ndarray, out: torch.Tensor) -> None:
         """Tokens fed back for the first time: their pending feedback's embedding; history staged."""
@@ -304,7 +309,10 @@ class MoIRunnerMixin:
         feedback = self._moi_pending(numbers)
         indices = moi.upload(np.stack([token_index, numbers]))
         index, numbers_on_device = indices[0], indices[1]
-        mixed = embed_feedback(feedback, self._moi_embed, self._moi_dense_embedding)
+        if feedback.ids is None:
+            mixed = embed_feedback(feedback, self._moi_embed, self._moi_dense_embedding)
+        else:
+            mixed = self._moi_embed_weights(feedback.ids, feedback.weights)
         out.index_copy_(0, index, mixed.to(out.dtype))
         moi.mixed_count.index_add_(0, numbers_on_device, feedback.mixed.to(moi.mixed_count.dtype))
         if feedback.ids is None:  # dense weights: the history keeps the embedding itself (O(hidden))
@@ -360,9 +368,19 @@ class MoIRunnerMixin:
         np.add.at(moi.replayed, numbers, 1)
 
     def _moi_embed_weights(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_j weights[:, j] E[ids[:, j]]``, in row chunks of at most ``max_num_seqs x MIX_WIDTH``
+        gathered embeddings: the memory MoI reserved for mixing (:mod:`harness.engines.vllm.memory`).
+        Each row is mixed on its own either way, so chunks give the same values."""
         from harness.methods.mixing import mix
 
-        return mix(ids, weights, self._moi_embed)
+        rows, width = ids.shape
+        if rows * width <= self._moi_mix_items:
+            return mix(ids, weights, self._moi_embed)
+        if width > self._moi_mix_items:
+            self._moi_warn("wide", f"MoI: a support of {width} tokens is wider than the memory reserved for "
+                                   f"mixing ({self._moi_mix_items} embeddings at once); it is mixed anyway")
+        step = max(1, self._moi_mix_items // width)
+        return torch.cat([mix(ids[i : i + step], weights[i : i + step], self._moi_embed) for i in range(0, rows, step)])
 
     def _moi_embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The model's own input embedding (handles vocabulary-parallel and scaled embeddings)."""

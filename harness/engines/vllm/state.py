@@ -261,6 +261,7 @@ class BatchState:
         self.host_seconds = 0.0  # wall time in the hooks (on GPUs: launching, not running, kernels)
         self.embedding_scale: torch.Tensor | None = None  # support=full: the model's embedding scale
         self.inputs_embeds_checked = False  # the runner writes vLLM's persistent buffer (checked once)
+        self.memory: dict[str, int] = {}  # MoI's bound and what it took from the KV budget (the worker's)
 
     # -- per-request arrays ---------------------------------------------------------------------
 
@@ -507,5 +508,6 @@ class BatchState:
             "host_to_device_copies": self.upload.transfers,
             "host_waits": self.stager.waits,
             "inputs_embeds_checked": self.inputs_embeds_checked,
+            **self.memory,
             "embedding_scale": None if self.embedding_scale is None else float(self.embedding_scale),
         }
