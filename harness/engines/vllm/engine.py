@@ -9,9 +9,11 @@ requests of every setting share one batch. The methods run inside vLLM's model r
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from harness.engines.base import (
@@ -25,7 +27,7 @@ from harness.engines.base import (
     token_budget,
 )
 from harness.engines.vllm import ENGINE_ARGS
-from harness.engines.vllm.settings import MoIConfigError, check_settings
+from harness.engines.vllm.settings import MoIConfigError, check_settings, check_tensor_parallel
 from harness.errors import ConfigError
 from harness.methods import SEED_FIELD
 from harness.models import resolve_model
@@ -187,6 +189,18 @@ def precheck(args: dict[str, Any]) -> None:
         raise ConfigError(f"engine=vllm needs worker_cls={ENGINE_ARGS['worker_cls']}, got {args.get('worker_cls')}")
 
 
+def check_parallel(args: dict[str, Any], model_name: str) -> None:
+    """Refuse, in one line, a tensor-parallel size that cannot shard the model (read from its
+    ``config.json``), before anything is loaded."""
+    path = Path(args["model"]) / "config.json"
+    if not path.is_file():
+        return
+    try:
+        check_tensor_parallel(json.loads(path.read_text()), int(args["tensor_parallel_size"]), model_name)
+    except MoIConfigError as err:
+        raise ConfigError(f"engine=vllm: {err}") from None
+
+
 def _cpu_bind(tp: int) -> str:
     """``VLLM_CPU_OMP_THREADS_BIND`` splitting this process's cores evenly over ``tp`` ranks."""
     cores = sorted(os.sched_getaffinity(0))
@@ -213,6 +227,7 @@ class VLLMEngine(Engine):
         engine_cfg["additional_config"] = with_model_facts(engine_cfg.get("additional_config"), model_facts(self.tokenizer, model_cfg))
         self.args = engine_args(model_cfg, engine_cfg, self.model_info.path)
         precheck(self.args)
+        check_parallel(self.args, str(model_cfg.get("name") or self.model_info.path))
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if engine_cfg.get("in_process", True) else "1"
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         if self.args["tensor_parallel_size"] > 1 and on_cpu():
@@ -220,7 +235,10 @@ class VLLMEngine(Engine):
 
         from vllm import LLM
 
-        self.llm = LLM(**self.args)
+        try:
+            self.llm = LLM(**self.args)
+        except MoIConfigError as err:  # refused by the worker (e.g. MoI's memory does not fit)
+            raise ConfigError(f"engine=vllm: {err}") from None
         self.engine = self.llm.llm_engine
         self.context_len = int(self.engine.model_config.max_model_len)
         self._counter = 0
@@ -360,6 +378,9 @@ class VLLMEngine(Engine):
             "moi_memory": {
                 "device_bytes_peak": summary["device_bytes_peak"],
                 "host_history_bytes_peak": summary["history_bytes_peak"],
+                # the bound of MoI's device memory and what it took from vLLM's KV budget (memory.py)
+                "device_bound_bytes": summary.get("bound_bytes"),
+                "reserved_from_kv_bytes": summary.get("reserved_bytes"),
             },
             "moi": summary,
             "num_preemptions": self.num_preemptions(),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from harness.engines.vllm.memory import MIX_WIDTH
 from harness.engines.vllm.settings import (
     check_vllm_config,
     default_spec,
@@ -85,9 +86,12 @@ class MoIRunnerMixin:
         self.moi = BatchState(default, model_facts(additional), self.device, log_requests,
                               float(section.get("log_summary_s", 60.0)))
         self._moi_embedding = None
-        self._moi_full_scale: float | None = None
+        self._moi_full_scale: torch.Tensor | None = None
+        self._moi_buffer_checked = False
         self._moi_warned: set[str] = set()
         self._moi_kept_bytes = 0
+        # Embeddings gathered at once when mixing sparse supports (what memory.MIX_WIDTH reserves).
+        self._moi_mix_items = self.vllm_config.scheduler_config.max_num_seqs * MIX_WIDTH
         logger.info(
             "MoI active: %s (vLLM V1 model runner subclass); per-request methods from "
             "SamplingParams.extra_args moi_*; default for requests without them: %s",
@@ -101,10 +105,13 @@ class MoIRunnerMixin:
 
     def _update_states(self, scheduler_output):
         start = time.perf_counter()
+        self.moi.upload.begin_step()  # every copy of the last step has run (state.Uploader)
         self.moi.flush()
         self.moi.finish(scheduler_output.finished_req_ids)
         if not scheduler_output.total_num_scheduled_tokens:
-            self.moi.flush()  # an idle step: nothing runs on the device, so finished counts are filed now
+            # An idle step: nothing runs on the device (and vLLM does not wait for it), so the
+            # finished counts are filed now, waiting for their copies.
+            self.moi.flush(idle=True)
         self.moi.host_seconds += time.perf_counter() - start
         result = super()._update_states(scheduler_output)
         for new in scheduler_output.scheduled_new_reqs:
@@ -133,9 +140,26 @@ class MoIRunnerMixin:
         inputs_embeds = out[1]
         if inputs_embeds is not None and self.moi.has_mixed:
             start = time.perf_counter()
+            if not self._moi_buffer_checked:
+                self._moi_check_buffer(inputs_embeds)
             self._moi_mix(inputs_embeds)
             self.moi.host_seconds += time.perf_counter() - start
         return out
+
+    def _moi_check_buffer(self, inputs_embeds: torch.Tensor) -> None:
+        """Once per engine: the tensor MoI writes must be the persistent ``inputs_embeds`` buffer
+        that the model reads (and CUDA graphs were captured with), not a copy of it; a vLLM that
+        hands out a copy would otherwise decode unmixed, silently."""
+        buffer = self.inputs_embeds.gpu
+        same = (inputs_embeds.data_ptr(), inputs_embeds.stride(), inputs_embeds.shape[1:]) == (
+            buffer.data_ptr(), buffer.stride(), buffer.shape[1:])
+        if not same:
+            raise RuntimeError(
+                "MoI: vLLM's _preprocess returned an inputs_embeds tensor that is not its persistent "
+                "inputs_embeds buffer (a copy?); mixtures written to it would never reach the model. "
+                "This vLLM version is not supported by harness.engines.vllm"
+            )
+        self._moi_buffer_checked = self.moi.inputs_embeds_checked = True
 
     # ----------------------------------------------------------------------------------------
     # Requests
@@ -189,7 +213,7 @@ class MoIRunnerMixin:
         for g in np.unique(groups).tolist():
             in_group = groups == g
             picked, picked_numbers = rows[in_group], numbers[rows[in_group]]
-            indices = moi.upload(f"rows{g}", np.stack([picked, picked_numbers]))
+            indices = moi.upload(np.stack([picked, picked_numbers]))
             rows_on_device, numbers_on_device = indices[0], indices[1]
             group = moi.groups[g]
             batch = self._moi_rows(g, group, picked_numbers, gen_index[in_group], numbers_on_device)
@@ -202,7 +226,7 @@ class MoIRunnerMixin:
         """A group's rows as its method sees them: parameters and settings uploaded in one copy,
         state gathered on the device."""
         host = np.concatenate([group.values[numbers], gen_index[:, None].astype(np.float64)], axis=1)
-        values = self.moi.upload(f"values{g}", host)
+        values = self.moi.upload(host)
         names = [*group.columns, "step"]
         column = {name: values[:, i] for i, name in enumerate(names)}
         params = {name: column[name].float() for name in group.columns if name not in SAMPLING}
@@ -276,14 +300,19 @@ class MoIRunnerMixin:
                 self._moi_mix_fresh(g, item_numbers[pick], token_index[pick], out)
             if (pick := in_group & replay).any():
                 self._moi_replay(g, item_numbers[pick], gen_index[pick], token_index[pick], out)
+        # Feedback consumed now is not needed any more: free it before the forward pass.
+        self._moi_kept_bytes = moi.forget_unused_records()
 
     def _moi_mix_fresh(self, g: int, numbers: np.ndarray, token_index: np.ndarray, out: torch.Tensor) -> None:
         """Tokens fed back for the first time: their pending feedback's embedding; history staged."""
         moi = self.moi
         feedback = self._moi_pending(numbers)
-        indices = moi.upload(f"fresh{g}", np.stack([token_index, numbers]))
+        indices = moi.upload(np.stack([token_index, numbers]))
         index, numbers_on_device = indices[0], indices[1]
-        mixed = embed_feedback(feedback, self._moi_embed, self._moi_dense_embedding)
+        if feedback.ids is None:
+            mixed = embed_feedback(feedback, self._moi_embed, self._moi_dense_embedding)
+        else:
+            mixed = self._moi_embed_weights(feedback.ids, feedback.weights)
         out.index_copy_(0, index, mixed.to(out.dtype))
         moi.mixed_count.index_add_(0, numbers_on_device, feedback.mixed.to(moi.mixed_count.dtype))
         if feedback.ids is None:  # dense weights: the history keeps the embedding itself (O(hidden))
@@ -301,13 +330,13 @@ class MoIRunnerMixin:
         moi = self.moi
         record_ids, rows = moi.pending_record[numbers], moi.pending_row[numbers]
         parts, order = [], []
-        for part, record_id in enumerate(np.unique(record_ids).tolist()):
+        for record_id in np.unique(record_ids).tolist():
             feedback = moi.records[record_id].feedback
             which = np.flatnonzero(record_ids == record_id)
             if len(which) == feedback.weights.shape[0] and np.array_equal(rows[which], np.arange(len(which))):
                 parts.append(feedback)  # the whole record, in order: no copy
             else:
-                index = moi.upload(f"pending_part{part}", rows[which])
+                index = moi.upload(rows[which])
                 parts.append(type(feedback)(
                     None if feedback.ids is None else feedback.ids.index_select(0, index),
                     feedback.weights.index_select(0, index),
@@ -316,7 +345,7 @@ class MoIRunnerMixin:
             order.append(which)
         if len(parts) == 1 and np.array_equal(order[0], np.arange(len(numbers))):
             return parts[0]
-        inverse = moi.upload("pending_order", np.argsort(np.concatenate(order)))
+        inverse = moi.upload(np.argsort(np.concatenate(order)))
         ids = None if parts[0].ids is None else torch.cat([p.ids for p in parts]).index_select(0, inverse)
         weights = torch.cat([p.weights for p in parts]).index_select(0, inverse)
         mixed = torch.cat([p.mixed for p in parts]).index_select(0, inverse)
@@ -329,19 +358,29 @@ class MoIRunnerMixin:
         moi = self.moi
         slots = [moi.slots[number][i] for number, i in zip(numbers.tolist(), gen_index.tolist())]
         stored = moi.groups[g].arena.take(slots)
-        index = moi.upload(f"replay{g}", token_index)
+        index = moi.upload(token_index)
         if "embedding" in stored:
-            mixed = moi.upload(f"replay_embedding{g}", stored["embedding"])
+            mixed = moi.upload(stored["embedding"])
         else:
-            ids = moi.upload(f"replay_ids{g}", stored["ids"])
-            mixed = self._moi_embed_weights(ids, moi.upload(f"replay_weights{g}", stored["weights"]))
+            ids = moi.upload(stored["ids"])
+            mixed = self._moi_embed_weights(ids, moi.upload(stored["weights"]))
         out.index_copy_(0, index, mixed.to(out.dtype))
         np.add.at(moi.replayed, numbers, 1)
 
     def _moi_embed_weights(self, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_j weights[:, j] E[ids[:, j]]``, in row chunks of at most ``max_num_seqs x MIX_WIDTH``
+        gathered embeddings: the memory MoI reserved for mixing (:mod:`harness.engines.vllm.memory`).
+        Each row is mixed on its own either way, so chunks give the same values."""
         from harness.methods.mixing import mix
 
-        return mix(ids, weights, self._moi_embed)
+        rows, width = ids.shape
+        if rows * width <= self._moi_mix_items:
+            return mix(ids, weights, self._moi_embed)
+        if width > self._moi_mix_items:
+            self._moi_warn("wide", f"MoI: a support of {width} tokens is wider than the memory reserved for "
+                                   f"mixing ({self._moi_mix_items} embeddings at once); it is mixed anyway")
+        step = max(1, self._moi_mix_items // width)
+        return torch.cat([mix(ids[i : i + step], weights[i : i + step], self._moi_embed) for i in range(0, rows, step)])
 
     def _moi_embed(self, ids: torch.Tensor) -> torch.Tensor:
         """The model's own input embedding (handles vocabulary-parallel and scaled embeddings)."""
@@ -396,18 +435,18 @@ class MoIRunnerMixin:
             self._moi_embedding = found[0][1]
         return self._moi_embedding
 
-    def _moi_measure_scale(self, vocab: int) -> float:
+    def _moi_measure_scale(self, vocab: int) -> torch.Tensor:
         """The factor between the model's embedding of a token and its matrix row (Gemma scales),
-        measured once per engine on a few tokens (the one read-back from the device MoI makes)."""
+        measured once per engine on a few tokens, on the device (nothing is read back: the host
+        never waits for it; ``moi_summary`` reports it)."""
         tokens = torch.arange(min(4, vocab), device=self.device)
         onehot = torch.zeros(len(tokens), vocab, device=self.device)
         onehot[torch.arange(len(tokens), device=self.device), tokens] = 1.0
         raw = self._moi_dense(onehot)
         emb = self._moi_embed(tokens).float()
-        if torch.allclose(emb, raw):
-            return 1.0
-        scale = float((emb * raw).sum() / (raw * raw).sum().clamp_min(1e-30))
-        logger.info("MoI support=full: the model scales its input embeddings by %.6g", scale)
+        ratio = (emb * raw).sum() / (raw * raw).sum().clamp_min(1e-30)
+        scale = torch.where(torch.isclose(emb, raw).all(), torch.ones_like(ratio), ratio)
+        self.moi.embedding_scale = scale
         return scale
 
     # ----------------------------------------------------------------------------------------

@@ -210,3 +210,45 @@ def check_vllm_config(vllm_config) -> None:
     """The guard rails, applied to the configuration vLLM actually runs with."""
     check_settings(settings_of(vllm_config))
     default_spec(vllm_config.additional_config)
+
+
+# --------------------------------------------------------------------------------------------
+# Tensor parallelism
+# --------------------------------------------------------------------------------------------
+
+
+def _text_config(hf_config: Mapping) -> Mapping:
+    """The language model's part of a model's ``config.json`` (multimodal models nest it)."""
+    return hf_config.get("text_config") or hf_config.get("llm_config") or hf_config
+
+
+def valid_tensor_parallel_sizes(hf_config: Mapping, limit: int = 64) -> list[int]:
+    """The tensor-parallel sizes up to ``limit`` that vLLM can shard this model over: they divide the
+    attention heads, divide the KV heads or are a multiple of them (vLLM replicates KV heads), and
+    divide the MLP width. Empty when ``config.json`` does not say (then vLLM decides)."""
+    text = _text_config(hf_config)
+    heads = text.get("num_attention_heads")
+    if not isinstance(heads, int) or heads < 1:
+        return []
+    kv_heads = text.get("num_key_value_heads") or heads
+    width = text.get("intermediate_size")
+    sizes = []
+    for tp in range(1, min(heads, limit) + 1):
+        if heads % tp or (kv_heads % tp and tp % kv_heads):
+            continue
+        if isinstance(width, int) and width % tp:
+            continue
+        sizes.append(tp)
+    return sizes
+
+
+def check_tensor_parallel(hf_config: Mapping, tp: int, model: str) -> None:
+    """Refuse, in one line, a tensor-parallel size that cannot shard the model (naming the valid ones)."""
+    sizes = valid_tensor_parallel_sizes(hf_config)
+    if sizes and tp not in sizes:
+        heads = _text_config(hf_config)["num_attention_heads"]
+        raise MoIConfigError(
+            f"model {model}: tensor_parallel_size={tp} cannot shard its {heads} attention heads; valid sizes: "
+            f"{', '.join(map(str, sizes))} (set model.tensor_parallel_size or engine.tensor_parallel_size; "
+            "null means every visible GPU)"
+        )

@@ -43,29 +43,50 @@ SAMPLING = ("temperature", "top_p", "top_k", "seed")  # per-request settings a m
 class Uploader:
     """Host arrays to the device without blocking the host.
 
-    On CUDA each name has a pinned staging buffer, reused from step to step, and the copy to the
-    device is ``non_blocking``: a copy from pageable memory would wait for the GPU stream. Reuse is
-    safe because every step ends in vLLM's own synchronisation (the sampled tokens go to the host)
-    before the next one writes the buffers; within a step, each use has a name of its own. On CPUs
-    the array is wrapped, not copied. ``transfers`` counts the copies made.
+    On CUDA every upload of a step gets its own slice of one pinned staging arena and is copied with
+    ``non_blocking=True`` (a copy from pageable memory would wait for the GPU stream, as vLLM's own
+    runner avoids too). Slices are never shared within a step, so a copy still queued on the stream
+    cannot see its source overwritten; :meth:`begin_step` hands the arena out again from its start,
+    which is safe because vLLM's runner ends every step that ran on the device by waiting for its
+    sampled tokens (``_bookkeeping_sync``: the transfer event), after every copy queued in the step,
+    and :meth:`BatchState.flush` waits after an idle step. An arena outgrown within a step is kept
+    until the next step begins. On CPUs the array is wrapped, not copied. ``transfers`` counts the
+    copies made (all non-blocking).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    ALIGN = 64  # bytes: every slice starts aligned for any dtype
+    FIRST_ARENA = 1 << 20
+
+    def __init__(self, device: torch.device, pinned: bool | None = None) -> None:
         self.device = device
-        self.pinned = device.type == "cuda"
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.pinned = device.type == "cuda" if pinned is None else pinned
+        self.arena: torch.Tensor | None = None  # uint8, pinned
+        self.offset = 0
+        self.retired: list[torch.Tensor] = []
         self.transfers = 0
 
-    def __call__(self, name: str, array: np.ndarray) -> torch.Tensor:
+    def begin_step(self) -> None:
+        """A new step: every copy of the previous one has run (see the class docstring)."""
+        self.offset = 0
+        self.retired.clear()
+
+    def _allocate(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+
+    def __call__(self, array: np.ndarray) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(array))
         if not self.pinned:
             return host
-        buffer = self.buffers.get(name)
-        if buffer is None or buffer.numel() < host.numel() or buffer.dtype != host.dtype:
-            buffer = torch.empty(max(host.numel(), 256), dtype=host.dtype, pin_memory=True)
-            self.buffers[name] = buffer
-        staged = buffer[: host.numel()].view(host.shape)
+        nbytes = host.numel() * host.element_size()
+        start = -(-self.offset // self.ALIGN) * self.ALIGN
+        if self.arena is None or start + nbytes > self.arena.numel():
+            if self.arena is not None:
+                self.retired.append(self.arena)  # copies of this step may still read it
+            self.arena = self._allocate(max(self.FIRST_ARENA, 2 * (start + nbytes)))
+            start = 0
+        staged = self.arena[start : start + nbytes].view(host.dtype).view(host.shape)
         staged.copy_(host)
+        self.offset = start + nbytes
         self.transfers += 1
         return staged.to(self.device, non_blocking=True)
 
@@ -113,13 +134,20 @@ class HistoryArena:
 
 
 class Stager:
-    """Device -> host copies that do not wait; each batch is resolved a step later (or on demand)."""
+    """Device -> host copies that do not wait; each batch is resolved a step later (or on demand).
+
+    A batch is staged with an event recorded after its copies; a step later the event has long
+    passed (vLLM waited for its sampled tokens since), so taking it does not wait. ``waits`` counts
+    the times it had to (an event not yet passed when a step began: it should stay 0).
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.is_cuda = device.type == "cuda"
         self.batches: list[tuple[object, dict[str, torch.Tensor], object]] = []
+        self.waits = 0
 
     def stage(self, tag: object, tensors: dict[str, torch.Tensor]) -> None:
+        # A device -> host copy with non_blocking=True lands in pinned memory that torch allocates.
         host = {name: t.detach().to("cpu", non_blocking=True) for name, t in tensors.items()}
         event = None
         if self.is_cuda:
@@ -127,11 +155,13 @@ class Stager:
             event.record()
         self.batches.append((tag, host, event))
 
-    def take(self) -> list[tuple[object, dict[str, np.ndarray]]]:
-        """Every staged batch, its copies finished (their events have long passed, a step later)."""
+    def take(self, idle: bool = False) -> list[tuple[object, dict[str, np.ndarray]]]:
+        """Every staged batch, its copies finished. After an idle step (nothing ran since they were
+        staged) waiting is expected and not counted."""
         out = []
         for tag, host, event in self.batches:
-            if event is not None:
+            if event is not None and not event.query():
+                self.waits += not idle
                 event.synchronize()
             out.append((tag, {name: t.numpy() for name, t in host.items()}))
         self.batches.clear()
@@ -229,6 +259,9 @@ class BatchState:
         self.history_bytes_peak = 0
         self.device_bytes_peak = 0
         self.host_seconds = 0.0  # wall time in the hooks (on GPUs: launching, not running, kernels)
+        self.embedding_scale: torch.Tensor | None = None  # support=full: the model's embedding scale
+        self.inputs_embeds_checked = False  # the runner writes vLLM's persistent buffer (checked once)
+        self.memory: dict[str, int] = {}  # MoI's bound and what it took from the KV budget (the worker's)
 
     # -- per-request arrays ---------------------------------------------------------------------
 
@@ -325,7 +358,7 @@ class BatchState:
                                              "mixed_steps": 0, "replayed_steps": int(self.replayed[num])})
         for g, members in by_group.items():
             group = self.groups[g]
-            numbers = self.upload(f"finished{g}", np.array([num for _, num in members], dtype=np.int64))
+            numbers = self.upload(np.array([num for _, num in members], dtype=np.int64))
             tensors = {"mixed_steps": self.mixed_count.index_select(0, numbers)}
             tensors |= {f"state:{name}": t.index_select(0, numbers) for name, t in group.state.items()}
             tensors |= {f"hist:{name}": t.index_select(0, numbers) for name, t in group.histograms.items()}
@@ -394,11 +427,12 @@ class BatchState:
 
     # -- staged copies: history rows and finished requests' counters ----------------------------------
 
-    def flush(self) -> None:
-        """File what was staged (the copies have finished by now, a step later)."""
+    def flush(self, idle: bool = False) -> None:
+        """File what was staged (the copies have finished by now, a step later; after an idle
+        step, ``idle``, this waits for them)."""
         if not self.stager.batches:
             return
-        for tag, host in self.stager.take():
+        for tag, host in self.stager.take(idle):
             if tag[0] == "history":
                 _, g, numbers = tag
                 slots = self.groups[g].arena.put(host)
@@ -431,7 +465,7 @@ class BatchState:
         vLLM reports a request finished before its runner hears of it, so a request may still be
         live here: its counts are already final (its last token is never fed back).
         """
-        self.flush()
+        self.flush(idle=True)
         out = {}
         for req_id in req_ids:
             if req_id in self.finished:
@@ -455,7 +489,7 @@ class BatchState:
         return out
 
     def summary(self) -> dict:
-        self.flush()
+        self.flush(idle=True)
         live = np.fromiter(self.index.values(), dtype=np.int64, count=len(self.index))
         live_mixed = live[self.mixed[live]] if len(live) else live
         live_steps = int(self.mixed_count[torch.from_numpy(live_mixed).to(self.device)].sum()) if len(live_mixed) else 0
@@ -472,4 +506,8 @@ class BatchState:
             "device_bytes_peak": self.device_bytes_peak,
             "host_seconds": round(self.host_seconds, 6),
             "host_to_device_copies": self.upload.transfers,
+            "host_waits": self.stager.waits,
+            "inputs_embeds_checked": self.inputs_embeds_checked,
+            **self.memory,
+            "embedding_scale": None if self.embedding_scale is None else float(self.embedding_scale),
         }
