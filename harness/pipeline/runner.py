@@ -65,37 +65,42 @@ def run(configs: list[dict]) -> list[dict]:
     if len(engine_keys) > 1:
         raise ConfigError("all cells of a grid must share the model and the engine settings")
     locks = {path: RunDir(path).lock() for path in unique}
-    summaries: dict[Path, dict] = {}
     owned, busy = [], {}
     for path, lock in locks.items():
         try:
             lock.acquire(wait=False)
             owned.append(path)
         except LockBusy as err:
-            busy[path] = str(err)
+            busy[path] = str(err)  # the owner, for the note
     try:
-        summaries.update(_run_owned([unique[path] for path in owned]))
+        summaries = _run_owned([unique[path] for path in owned])
     finally:
         for path in owned:
             locks[path].release()
     if busy:
-        log.info("%d run(s) held by other processes; this job takes them up once they are free", len(busy))
-        try:
-            for path in sorted(busy):  # one order for every process: waiters never wait on each other in a cycle
-                locks[path].acquire(wait=True)
-            rest = []
-            for path in busy:
-                summary = complete_summary(path)
-                if summary is None:
-                    rest.append(unique[path])
-                else:
-                    log.info("run %s was completed by %s; skipped", path, busy[path])
-                    summaries[path] = summary
-            summaries.update(_run_owned(rest))
-        finally:
-            for path in busy:
-                locks[path].release()
+        summaries.update(_take_over(busy, unique, locks))
     return [summaries[path] for path in unique]
+
+
+def _take_over(busy: dict[Path, str], unique: dict[Path, dict], locks: dict) -> dict[Path, dict]:
+    """Runs that other processes held: wait for each, then skip it if its owner completed it, else run it."""
+    log.info("%d run(s) held by other processes; this job takes them up once they are free", len(busy))
+    try:
+        for path in sorted(busy):  # one order for every process: waiters never wait on each other in a cycle
+            locks[path].acquire(wait=True)
+        summaries, rest = {}, []
+        for path in busy:
+            summary = complete_summary(path)
+            if summary is None:
+                rest.append(unique[path])
+            else:
+                log.info("run %s was completed by %s; skipped", path, busy[path])
+                summaries[path] = summary
+        summaries.update(_run_owned(rest))
+        return summaries
+    finally:
+        for path in busy:
+            locks[path].release()
 
 
 def complete_summary(path: Path) -> dict | None:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+from harness.errors import UserError
+
 log = logging.getLogger("harness")
 
 _held: dict[str, int] = {}  # lock files this process holds -> their descriptors
@@ -99,6 +101,9 @@ class FileLock:
                         (note or log.info)(f"waiting for {self.what}: held by {self.describe_owner()}")
                         noted = True
                     time.sleep(poll)
+                except OSError as err:  # e.g. ENOLCK: a file system without locks
+                    raise UserError(f"cannot lock {self.path}: {err.strerror}; the folder's file system must support "
+                                    "flock (on Lustre: mount with -o flock)") from None
         except BaseException:
             os.close(fd)
             raise
