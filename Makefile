@@ -60,7 +60,9 @@ demo: setup
 	$(BIN)/moi-run -m experiment=demo
 	$(BIN)/moi-table results/demo
 
-# Everything, slow tests included (about 8 minutes on 2 cores); `make test-fast` skips those marked slow.
+# Everything, slow and SLURM tests included (the SLURM ones use scripts/slurm_local.sh's cluster, starting
+# it as root, or are skipped with the reason; .ci/run starts it). About 15 minutes on 2 cores that other
+# work shared (load average 5 to 9), less on idle ones; `make test-fast` skips the tests marked slow.
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q

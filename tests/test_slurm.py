@@ -25,6 +25,17 @@ SUBMITIT = ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug", "
             "hydra.launcher.mem_gb=4"]
 
 
+@pytest.fixture(autouse=True)
+def idle_cluster(slurm_cluster):
+    """Each test starts on an idle node (the jobs of the one before have ended and freed their CPUs and memory)."""
+
+    def idle() -> bool:
+        state = command(["sinfo", "-h", "-o", "%T"], env=slurm_cluster, check=False).stdout.strip()
+        return state == "idle" and not command(["squeue", "-h"], env=slurm_cluster, check=False).stdout.strip()
+
+    wait_for(idle, 120, "the local SLURM node to be idle")
+
+
 def moi_run(*args: str) -> list[str]:
     return [str(BIN / "moi-run"), "-m", *args]
 
