@@ -11,8 +11,34 @@ RUNS ?= results/runs
 FAMILY ?= paper
 MODELS ?= qwq_32b,nemotron_super_49b,gemma3_27b,dapo_qwen_32b
 PAPER_RUNS ?= results/paper_runs
+SMOKE_RUNS ?= results/smoke
 DRY_RUN ?=
 ARGS ?=
+# Scale-out (README, "Reproducing the paper"): each model's grid in SHARDS disjoint parts, one engine each.
+SHARDS ?= 1
+LAUNCHER ?= local# local: the jobs run here one after another; slurm: one SLURM job per model and shard
+PARTITION ?=# LAUNCHER=slurm: the partition to submit to
+GPUS ?= 4# GPUs per job (one engine over all of them); empty on a cluster without GPUs
+CPUS ?= 32# CPUs per job
+MEM_GB ?= 256# memory per job
+TIME_MIN ?= 1440# the SLURM time limit per job; a job that reaches it is requeued and resumes
+REQUEUES ?= 20# how many times a job may be requeued after reaching its time limit
+THROUGHPUT ?=# generated tokens/s of one engine, for the dry run's GPU-hour estimate (else estimate.gpu's default)
+SHARD_LIST := $(shell seq -s, 0 $$(( $(SHARDS) - 1 )))
+ifeq ($(LAUNCHER),slurm)
+LAUNCH = hydra/launcher=submitit_slurm hydra.launcher.partition=$(PARTITION) \
+	$(if $(GPUS),hydra.launcher.gpus_per_node=$(GPUS)) hydra.launcher.tasks_per_node=1 \
+	hydra.launcher.cpus_per_task=$(CPUS) hydra.launcher.mem_gb=$(MEM_GB) \
+	hydra.launcher.timeout_min=$(TIME_MIN) hydra.launcher.max_num_timeout=$(REQUEUES)
+else ifeq ($(LAUNCHER),local)
+LAUNCH =
+else
+$(error LAUNCHER must be local or slurm, got '$(LAUNCHER)')
+endif
+SHARDING = shards=$(SHARDS) shard=$(SHARD_LIST)
+ESTIMATE = $(if $(THROUGHPUT),estimate.throughput=$(THROUGHPUT)) $(if $(GPUS),estimate.gpus_per_engine=$(GPUS))
+CHECK_LAUNCHER = @test "$(LAUNCHER)" != slurm || test -n "$(PARTITION)" || \
+	{ echo "error: LAUNCHER=slurm needs PARTITION=NAME (sinfo lists the partitions)" >&2; exit 2; }
 
 MODEL ?= tiny
 
@@ -34,7 +60,9 @@ demo: setup
 	$(BIN)/moi-run -m experiment=demo
 	$(BIN)/moi-table results/demo
 
-# Everything, slow tests included (about 8 minutes on 2 cores); `make test-fast` skips those marked slow.
+# Everything, slow and SLURM tests included (the SLURM ones use scripts/slurm_local.sh's cluster, starting
+# it as root, or are skipped with the reason; .ci/run starts it). About 15 minutes on 2 cores that other
+# work shared (load average 5 to 9), less on idle ones; `make test-fast` skips the tests marked slow.
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
@@ -50,26 +78,31 @@ table: setup
 	$(BIN)/moi-table $(RUNS)
 	$(BIN)/moi-paper $(RUNS) family=$(FAMILY)
 
-# The paper on GPUs: per model, the Table 1 grid in one engine, then Tables A1 and A4, then the
-# tables. `make reproduce DRY_RUN=1` prints the grid's size and runs nothing. ARGS adds overrides.
+# The paper on GPUs: per model, the Table 1 grid, then Tables A1 and A4 (which select from it), then
+# the tables. SHARDS=N splits each model's grid into N jobs, one engine each; LAUNCHER=slurm submits
+# them (models x shards) as SLURM jobs and waits for them: each stage starts once every job of the one
+# before has finished, and the tables are built at the end by this same command (run it in tmux or
+# screen; if it stops, run it again: finished runs are skipped). `make reproduce DRY_RUN=1 [SHARDS=N]`
+# prints each grid's size, its shards and a GPU-hour estimate, and runs nothing. ARGS adds overrides.
 reproduce: setup
 ifdef DRY_RUN
-	$(BIN)/moi-run -m experiment=paper_table1,paper_tableA1,paper_tableA4 model=$(MODELS) dry_run=true $(ARGS)
+	$(BIN)/moi-run -m experiment=paper_table1,paper_tableA1,paper_tableA4 model=$(MODELS) dry_run=true \
+		shards=$(SHARDS) $(ESTIMATE) $(ARGS)
 else
-	$(BIN)/moi-run -m experiment=paper_table1 model=$(MODELS) $(ARGS)
-	$(BIN)/moi-run -m experiment=paper_tableA1 model=$(MODELS) $(ARGS)
-	$(BIN)/moi-run -m experiment=paper_tableA4 model=$(MODELS) $(ARGS)
+	$(CHECK_LAUNCHER)
+	$(BIN)/moi-run -m experiment=paper_table1 model=$(MODELS) $(SHARDING) $(LAUNCH) $(ARGS)
+	$(BIN)/moi-run -m experiment=paper_tableA1,paper_tableA4 model=$(MODELS) $(SHARDING) $(LAUNCH) $(ARGS)
 	$(BIN)/moi-table $(PAPER_RUNS)
 	$(BIN)/moi-paper $(PAPER_RUNS) family=paper
 endif
 
-# The same pipeline on the tiny model and the CPU, into results/smoke.
+# The same pipeline on the tiny model and the CPU, into SMOKE_RUNS (SHARDS and LAUNCHER work the same).
 reproduce-smoke: setup
-	$(BIN)/moi-run experiment=smoke $(ARGS)
-	$(BIN)/moi-run experiment=smoke_tableA1 $(ARGS)
-	$(BIN)/moi-run experiment=smoke_tableA4 $(ARGS)
-	$(BIN)/moi-table results/smoke
-	$(BIN)/moi-paper results/smoke family=smoke
+	$(CHECK_LAUNCHER)
+	$(BIN)/moi-run -m experiment=smoke results_dir=$(SMOKE_RUNS) $(SHARDING) $(LAUNCH) $(ARGS)
+	$(BIN)/moi-run -m experiment=smoke_tableA1,smoke_tableA4 results_dir=$(SMOKE_RUNS) $(SHARDING) $(LAUNCH) $(ARGS)
+	$(BIN)/moi-table $(SMOKE_RUNS)
+	$(BIN)/moi-paper $(SMOKE_RUNS) family=smoke
 
 # Benchmarks are scripts that print ratios measured in one run. `bench`: output tokens/s of Standard,
 # Direct Mixture and MoI on one vLLM engine and MoI's extra memory; then LiveCodeBench grading throughput.

@@ -73,3 +73,49 @@ def _write_run(root, *, task: str, method: str, correct: list, model: str = "m",
 def write_run():
     """Factory of synthetic run directories whose right answers are known."""
     return _write_run
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory, tiny_model_path) -> Path:
+    """The smoke pipeline (``make reproduce-smoke``'s three grids and its tables) unsharded, in one process
+    on this machine: the runs and tables every sharded run must equal."""
+    from helpers import BIN, command
+
+    root = tmp_path_factory.mktemp("smoke_reference") / "runs"
+    command([str(BIN / "moi-run"), "-m", "experiment=smoke,smoke_tableA1,smoke_tableA4", f"results_dir={root}",
+             f"model.path={tiny_model_path}", "progress=false"])
+    command([str(BIN / "moi-paper"), str(root), "family=smoke"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> dict:
+    """The single-node SLURM cluster of ``scripts/slurm_local.sh``: the environment its commands need.
+
+    Uses a running one (CI starts it in ``.ci/run``), else starts one for the session (root only)
+    and stops it at the end; skips with the reason where it cannot start. MOI_SLURM=off skips.
+    """
+    import os
+    import subprocess
+
+    if os.environ.get("MOI_SLURM") == "off":
+        pytest.skip("MOI_SLURM=off")
+    script = str(REPO / "scripts" / "slurm_local.sh")
+    conf = subprocess.run([script, "env"], capture_output=True, text=True, check=True).stdout.strip().split("=", 1)[1]
+    env = {"SLURM_CONF": conf}
+
+    def run(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run([script, action], capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+
+    started = False
+    if run("status").returncode != 0:
+        if os.geteuid() != 0:
+            pytest.skip("no local SLURM cluster is running and starting one needs root: sudo scripts/slurm_local.sh start")
+        start = run("start")
+        if start.returncode != 0:
+            reason = (start.stderr.strip() or start.stdout.strip()).splitlines()[-1:] or ["no output"]
+            pytest.skip(f"the local SLURM cluster (scripts/slurm_local.sh start) could not start: {reason[0]}")
+        started = True
+    yield env
+    if started:
+        run("stop")

@@ -3,11 +3,13 @@
     moi-run model=tiny task=countdown method=moi method.beta=2 task.limit=8
     moi-run -m method=standard,direct_mixture,moi method.beta=0.5,2
     moi-run experiment=paper_table1 model=qwq_32b engine=vllm [dry_run=true]
+    moi-run -m experiment=paper_table1 model=qwq_32b shards=8 shard=0,1,2,3,4,5,6,7 hydra/launcher=submitit_slurm ...
 
 Each run lands in its own directory under ``results_dir`` (derived only from its settings), so
 re-running the same settings resumes. Jobs of a sweep that share a model and engine settings
 reuse the loaded engine. A config with a ``grid`` (see ``harness.pipeline.grid``) runs all its
-cells in one job, served concurrently by one engine, each cell in its own run directory.
+cells in one job, served concurrently by one engine, each cell in its own run directory;
+``shards=N shard=I`` runs the I-th of N disjoint parts of them (``harness.pipeline.shards``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from harness.analysis.selection import derived_choices
 from harness.cli.common import config_dir, one_line_errors
 from harness.cli.overrides import checked_main
 from harness.errors import ConfigError
-from harness.pipeline import runner
+from harness.pipeline import runner, shards
 from harness.pipeline.config import validate
 from harness.pipeline.grid import compose_cells, derive_cells, expand
 from harness.pipeline.plan import describe_plan
@@ -66,13 +68,25 @@ def grid_configs(cfg: dict) -> list[dict]:
 
 @one_line_errors
 def run_job(plain: dict) -> list[dict] | None:
-    """One Hydra job: a single run, or every cell of a grid."""
-    configs = grid_configs(plain) if plain.get("grid") else [plain]
+    """One Hydra job: a single run, or every cell of a grid (or of one shard of it)."""
+    count, index = shards.settings(plain)
+    if plain.get("grid"):
+        configs = grid_configs(plain)
+    else:
+        configs = [{**plain, "shards": 1, "shard": None, "gpus_per_shard": None}]
     if plain.get("dry_run"):
         note = " (configurations selected from stored runs when it runs)" if plain.get("derive") else ""
-        print(describe_plan(plain["model"]["name"], configs) + note)
+        report = describe_plan(plain["model"]["name"], configs) + note
+        print(report + "\n" + shards.describe(plain, configs, count, index))
         return None
-    summaries = runner.run(configs)
+    if plain.get("gpus_per_shard"):
+        devices = shards.use_shard_gpus(plain["gpus_per_shard"], index or 0)
+        print(f"shard {index or 0}/{count}: CUDA_VISIBLE_DEVICES={devices}")
+    if count > 1:
+        part = shards.split(configs, count)[index]
+        print(part.describe())
+        configs = part.runs
+    summaries = runner.run(configs) if configs else []
     for summary in summaries:
         print(describe(summary))
     if len(summaries) == 1:

@@ -17,6 +17,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from harness.storage import build_cached
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -182,21 +184,17 @@ def fingerprint(path: str | Path) -> str:
 
 
 def ensure(outdir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Build the model unless ``outdir`` already holds this exact build."""
-    out = Path(outdir)
-    marker = out / "tiny_build.json"
-    if marker.exists():
-        meta = json.loads(marker.read_text())
-        if (meta.get("build_version"), meta.get("preset"), meta.get("seed")) == (BUILD_VERSION, preset, seed):
-            return out
-    tmp = out.with_name(out.name + ".tmp")
-    build(tmp, preset, seed)
-    if out.exists():
-        import shutil
+    """Build the model unless ``outdir`` already holds this exact build; safe from many processes at
+    once (:func:`harness.storage.build_cached`: one builds, the others wait and reuse it)."""
 
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+    def ready(folder: Path) -> bool:
+        marker = folder / "tiny_build.json"
+        if not marker.exists():
+            return False
+        meta = json.loads(marker.read_text())
+        return (meta.get("build_version"), meta.get("preset"), meta.get("seed")) == (BUILD_VERSION, preset, seed)
+
+    return build_cached(Path(outdir), lambda folder: build(folder, preset, seed), ready)
 
 
 def main(argv: list[str] | None = None) -> int:

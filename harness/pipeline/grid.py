@@ -38,6 +38,14 @@ def expand(grid: list[dict]) -> list[dict]:
     return cells
 
 
+JOB_SETTINGS = ("grid", "derive", "dry_run", "shards", "shard", "gpus_per_shard", "estimate")
+
+
+def _job_setting(key: str) -> bool:
+    """Keys that shape the job (its grid, shards, dry-run report), never a cell: cells keep their defaults."""
+    return any(key == name or key.startswith(name + ".") for name in JOB_SETTINGS)
+
+
 def compose_cells(base_overrides: list[str], cells: list[dict]) -> list[dict]:
     """Resolved configs of the cells, composed with Hydra once per combination of groups.
 
@@ -46,7 +54,7 @@ def compose_cells(base_overrides: list[str], cells: list[dict]) -> list[dict]:
     """
     from hydra import compose
 
-    base = [o for o in base_overrides if o.split("=", 1)[0].lstrip("+~") not in ("grid", "derive", "dry_run")]
+    base = [o for o in base_overrides if not _job_setting(o.split("=", 1)[0].lstrip("+~"))]
     composed: dict[tuple, object] = {}
     configs = []
     for cell in cells:
@@ -54,16 +62,17 @@ def compose_cells(base_overrides: list[str], cells: list[dict]) -> list[dict]:
         if groups not in composed:
             overridden = {k for k, _ in groups}
             keep = [o for o in base if o.split("=", 1)[0] not in overridden]
-            composed[groups] = compose("config", overrides=keep + [f"{k}={v}" for k, v in groups])
+            template = compose("config", overrides=keep + [f"{k}={v}" for k, v in groups])
+            for key in ("grid", "derive"):  # cells never carry them, and copying a big grid per cell is slow
+                OmegaConf.update(template, key, None, merge=False)
+            composed[groups] = template
         cfg = composed[groups].copy()
         for key, value in cell.items():
             if key not in GROUPS:
                 if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
                     raise ValueError(f"grid key {key!r} is not a config key")
                 OmegaConf.update(cfg, key, value, merge=False)
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        plain["grid"], plain["derive"] = None, None
-        configs.append(plain)
+        configs.append(OmegaConf.to_container(cfg, resolve=True))
     return configs
 
 

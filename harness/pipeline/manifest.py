@@ -49,13 +49,23 @@ def git_state(repo: Path = REPO) -> dict:
     return {"sha": sha, "dirty": bool(changed), "changed_files": changed[:50], "changed_count": len(changed)}
 
 
+SLURM_JOB = {  # what identifies the SLURM job a run was generated in
+    "job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID",
+    "restart_count": "SLURM_RESTART_COUNT", "node": "SLURMD_NODENAME", "partition": "SLURM_JOB_PARTITION",
+}
+
+
 def hardware() -> dict:
     info = {
         "platform": platform.platform(),
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
+    slurm = {key: os.environ[name] for key, name in SLURM_JOB.items() if name in os.environ}
+    if slurm:
+        info["slurm"] = slurm
     try:
         import torch
 

@@ -129,24 +129,33 @@ def _plan_missing(plan: RunPlan) -> None:
             )
 
 
+def problem_count(cfg: dict) -> tuple[int, bool]:
+    """A run's number of problems as planning counts it without downloading anything: a hub set's
+    size from its task config (``expected_size`` or ``limit``), else the loaded data's; and whether
+    the size came from the config. Dry runs and grid shards use it, so both see the same sizes."""
+    task = cfg["task"]
+    known = [s for s in (task.get("expected_size"), task.get("limit")) if s is not None]
+    if known and not (task.get("data") or {}).get("path"):  # a hub set of known size: no download
+        return min(known), True
+    return len(load_problems(cfg)[1]), False
+
+
+def token_bound(cfg: dict) -> tuple[int, int]:
+    """A run's requests and the most tokens they could generate (every sample at max_tokens)."""
+    requests = problem_count(cfg)[0] * int(cfg["task"].get("n_samples", 1))
+    return requests, requests * max_tokens(cfg)
+
+
 def describe_plan(model: str, configs: list[dict]) -> str:
     """A dry run's report: runs, requests and the most tokens they could generate."""
     requests = tokens = 0
     estimated = set()
-    counts: dict[str, int] = {}
     for cfg in configs:
         validate(cfg)
-        key = json.dumps(cfg["task"], sort_keys=True, default=str)
-        if key not in counts:
-            task = cfg["task"]
-            known = [s for s in (task.get("expected_size"), task.get("limit")) if s is not None]
-            if known and not (task.get("data") or {}).get("path"):  # a hub set of known size: no download
-                counts[key] = min(known)
-                estimated.add(task["name"])
-            else:
-                counts[key] = len(load_problems(cfg)[1])
-        n = counts[key] * int(cfg["task"].get("n_samples", 1))
+        if problem_count(cfg)[1]:
+            estimated.add(cfg["task"]["name"])
+        n, bound = token_bound(cfg)
         requests += n
-        tokens += n * max_tokens(cfg)
+        tokens += bound
     note = f" (sizes of {', '.join(sorted(estimated))} from the task configs' expected_size)" if estimated else ""
     return f"model {model}: {len(configs)} cells, {requests} requests, at most {tokens} generated tokens{note}"

@@ -4,7 +4,8 @@
 accelerator never idles while one run's last long answers finish; each completion is journalled
 as soon as it arrives, graded in a worker process, and appended to its own run's
 ``samples.jsonl``. :func:`run` plans runs from resolved configs and executes them, reusing the
-loaded engine across calls (the jobs of a sweep that share a model).
+loaded engine across calls (the jobs of a sweep that share a model), and writes a run directory
+only while it holds the run's lock.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 from harness.engines import Engine, Request, engine_class
 from harness.errors import ConfigError
@@ -22,6 +24,7 @@ from harness.pipeline.identity import run_dir
 from harness.pipeline.manifest import write_manifest
 from harness.pipeline.plan import RunPlan, prepare
 from harness.pipeline.records import fixed_grade, generation_record, with_grade, write_summary
+from harness.storage import LockBusy, RunDir
 
 log = logging.getLogger("harness")
 
@@ -49,24 +52,78 @@ def release_engine() -> None:
 def run(configs: list[dict]) -> list[dict]:
     """Run (or resume) evaluations from resolved config dicts with one engine; return summaries.
 
-    Configs that name the same run (e.g. Standard at two betas) are run once.
+    Configs that name the same run (e.g. Standard at two betas) are run once. A run directory is
+    written by one process at a time, the holder of its lock (``owner.lock``): runs that another
+    process holds are taken up after this process's own, once their owner lets go, and skipped
+    with a one-line note when the owner completed them.
     """
-    unique = {}
+    unique: dict[Path, dict] = {}
     for cfg in configs:
         validate(cfg)
         unique.setdefault(run_dir(cfg), cfg)
-    configs = list(unique.values())
-    plans = [prepare(cfg) for cfg in configs]
-    engine_keys = {json.dumps([c["model"], c["engine"]], sort_keys=True, default=str) for c in configs}
-    if len(engine_keys) != 1:
+    engine_keys = {json.dumps([c["model"], c["engine"]], sort_keys=True, default=str) for c in unique.values()}
+    if len(engine_keys) > 1:
         raise ConfigError("all cells of a grid must share the model and the engine settings")
+    locks = {path: RunDir(path).lock() for path in unique}
+    owned, busy = [], {}
+    for path, lock in locks.items():
+        try:
+            lock.acquire(wait=False)
+            owned.append(path)
+        except LockBusy as err:
+            busy[path] = str(err)  # the owner, for the note
+    started = False
     try:
-        engine = get_engine(configs[0]) if needs_engine(plans) else None
-    except BaseException:
-        for plan in plans:  # a run that never started leaves nothing behind
-            plan.run.remove_if_unused()
-        raise
-    return execute(plans, engine, progress=bool(configs[0].get("progress", True)))
+        summaries = _run_owned([unique[path] for path in owned])
+        started = True
+    finally:
+        for path in owned:
+            locks[path].release()
+            if not started:  # a run that never started (its engine failed) leaves nothing behind
+                RunDir(path).remove_if_unused()
+    if busy:
+        summaries.update(_take_over(busy, unique, locks))
+    return [summaries[path] for path in unique]
+
+
+def _take_over(busy: dict[Path, str], unique: dict[Path, dict], locks: dict) -> dict[Path, dict]:
+    """Runs that other processes held: wait for each, then skip it if its owner completed it, else run it."""
+    log.info("%d run(s) held by other processes; this job takes them up once they are free", len(busy))
+    try:
+        for path in sorted(busy):  # one order for every process: waiters never wait on each other in a cycle
+            locks[path].acquire(wait=True)
+        summaries, rest = {}, []
+        for path in busy:
+            summary = complete_summary(path)
+            if summary is None:
+                rest.append(unique[path])
+            else:
+                log.info("run %s was completed by %s; skipped", path, busy[path])
+                summaries[path] = summary
+        summaries.update(_run_owned(rest))
+        return summaries
+    finally:
+        for path in busy:
+            locks[path].release()
+
+
+def complete_summary(path: Path) -> dict | None:
+    """The summary of a complete run directory, or None."""
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return summary if summary.get("complete") else None
+
+
+def _run_owned(configs: list[dict]) -> dict[Path, dict]:
+    """Plan and execute runs whose locks this process holds, with one engine."""
+    if not configs:
+        return {}
+    plans = [prepare(cfg) for cfg in configs]
+    engine = get_engine(configs[0]) if needs_engine(plans) else None
+    summaries = execute(plans, engine, progress=bool(configs[0].get("progress", True)))
+    return {plan.run.path: summary for plan, summary in zip(plans, summaries)}
 
 
 def needs_engine(plans: list[RunPlan]) -> bool:

@@ -7,10 +7,11 @@ Layout of one run (one setting of model x task x method x sampling x seed x engi
     generations.jsonl  journal: each completion as soon as it is generated (before grading)
     samples.jsonl      one line per (problem id, sample index): prompt, completion, grade
     summary.json       accuracy, standard error, token counts, mixed steps
+    owner.lock         the lock of the process that owns the run (its pid and host while held)
 
 Both JSONL files are append-only journals (:mod:`harness.storage.jsonl`); the runner only
 generates keys that are in neither file. ``generations.jsonl`` is removed once every sample is
-graded.
+graded. A run is written by one process at a time: the one that holds :meth:`RunDir.lock`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import json
 from pathlib import Path
 
 from harness.storage.jsonl import JsonlAppender, read_jsonl, write_text
+from harness.storage.locks import FileLock
 
 SAMPLES = "samples.jsonl"
 GENERATIONS = "generations.jsonl"
+LOCK = "owner.lock"
 
 
 def sample_key(problem_id: str, sample_index: int) -> str:
@@ -44,6 +47,10 @@ class RunDir:
     @property
     def generations_path(self) -> Path:
         return self.path / GENERATIONS
+
+    def lock(self) -> FileLock:
+        """The lock a process holds while it writes this run (see :mod:`harness.storage.locks`)."""
+        return FileLock(self.path / LOCK, what=f"run {self.path}")
 
     def samples(self) -> list[dict]:
         return read_jsonl(self.samples_path)
@@ -76,9 +83,10 @@ class RunDir:
     def remove_if_unused(self, levels: int = 2) -> None:
         """Remove the directory if it holds nothing but its config (a run whose engine never
         started), and then its parent folders up to ``levels`` above it while they are empty."""
-        if {p.name for p in self.path.iterdir()} - {"config.yaml"}:
+        if not self.path.is_dir() or {p.name for p in self.path.iterdir()} - {"config.yaml", LOCK}:
             return
-        (self.path / "config.yaml").unlink(missing_ok=True)
+        for name in ("config.yaml", LOCK):
+            (self.path / name).unlink(missing_ok=True)
         folder = self.path
         for _ in range(levels + 1):
             try:
