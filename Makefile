@@ -76,9 +76,11 @@ reproduce-smoke: setup
 	$(BIN)/moi-paper results/smoke family=smoke
 
 # Benchmarks are scripts that print ratios measured in one run. `bench`: output tokens/s of Standard,
-# Direct Mixture and MoI on one vLLM engine and MoI's extra memory; then LiveCodeBench grading throughput.
+# Direct Mixture and MoI on one vLLM engine per model (SmolLM2-135M-Instruct, real weights, then
+# Qwen2-0.5B's shape, random weights), MoI's extra memory and its hooks' share of step time; then
+# LiveCodeBench grading throughput.
 bench: setup
-	$(PY) scripts/bench.py --shape qwen2-0.5b --requests 16 --max-tokens 64 --rounds 3 $(ARGS)
+	$(PY) scripts/bench.py --shape smollm2,qwen2-0.5b --requests 16 --max-tokens 64 --rounds 3 $(ARGS)
 	$(PY) scripts/bench_grading.py
 
 # The smoke grid served concurrently by one engine vs the same cells one after another.
