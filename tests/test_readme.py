@@ -5,7 +5,8 @@ at least one command, so a command added to the README without saying how it is 
 too. Runs use the tiny model, two problems and four tokens; runs of the paper's 32B models and
 GPU-only targets are dry runs (their configs compose and their grids are planned); ``make``
 targets run the commands they expand to (``make -n``), bounded the same way. The commands that
-need a running server are sent to one in ``tests/test_server.py`` (named here, and checked to exist).
+need a running server are sent to one in ``tests/test_server.py``, and the SLURM and multi-GPU commands are run
+on the tiny model by the shards and SLURM tests (named here, and checked to exist).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ RESULTS = re.compile(r"results/(runs|demo|smoke|paper_runs)\b")  # where runs la
 
 # (pattern the command starts with, how it is checked): "run" runs it bounded; "dry" as a dry run;
 # "make" runs what the make target expands to; "server:<test>" is checked against a live server by
-# that test of tests/test_server.py.
+# that test of tests/test_server.py; "test:<file>::<test>" is run (the same command on the tiny model) by that
+# test; "expand" (a GPU cluster's submission) is expanded by make -n, not run.
 HOW = [
     (r"make demo$", "make"),
     (r"make test$", "skip: CI runs it (.ci/run)"),
@@ -44,7 +46,19 @@ HOW = [
     (r"make reproduce$", "make"),
     (r"make reproduce-smoke$", "skip: the smoke pipeline end to end is tests/test_paper.py and tests/test_experiments.py"),
     (r"make table RUNS=results/paper_runs$", "make"),
-    (r"moi-run -m experiment=paper_table1 .*hydra/launcher=submitit_slurm", "skip: SLURM (see the shards tests)"),
+    (r"make reproduce LAUNCHER=slurm SHARDS=8 PARTITION=gpu", "expand"),
+    (r"make reproduce DRY_RUN=1 SHARDS=8$", "test:test_shards.py::test_make_reproduce_dry_run_with_8_shards_is_balanced_with_gpu_hours"),
+    (r"moi-run experiment=paper_table1 model=qwq_32b dry_run=true shards=8 ", "dry"),
+    (r"moi-run -m experiment=paper_table1 model=qwq_32b shards=4 .*submitit_local",
+     "test:test_shards.py::test_shards_on_one_node_run_at_once_each_with_its_own_gpus"),
+    (r"sudo scripts/slurm_local.sh start", "skip: .ci/run starts the cluster the slurm tests use this way"),
+    (r"make reproduce-smoke LAUNCHER=slurm ",
+     "test:test_slurm.py::test_make_reproduce_smoke_in_shards_on_slurm_equals_the_unsharded_run"),
+    (r"moi-run -m experiment=smoke shards=2 shard=1 .*submitit_slurm", "test:test_slurm.py::"
+     "test_a_shard_requeued_at_its_time_limit_then_cancelled_and_submitted_again_misses_and_repeats_nothing"),
+    (r"moi-run -m method=standard,moi seed=0,1 .*cache_dir=/tmp/new-cache .*submitit_slurm",
+     "test:test_slurm.py::test_jobs_that_need_the_same_caches_start_at_once_and_all_succeed"),
+    (r"scripts/slurm_local.sh stop$", "skip: .ci/run stops the cluster this way"),
 ]
 
 
@@ -63,6 +77,9 @@ def test_every_readme_command_is_covered_once_and_every_row_is_used():
         assert any(re.match(pattern, c) for c in listed), f"HOW row {pattern!r} matches no README command (stale)"
         if way.startswith("server:"):
             assert f"def {way.split(':', 1)[1]}(" in SERVER_TESTS.read_text()
+        if way.startswith("test:"):
+            file, name = way[5:].split("::")
+            assert f"def {name}(" in (REPO / "tests" / file).read_text(), way
 
 
 def with_settings(words: list[str], settings: dict[str, str]) -> list[str]:
@@ -132,9 +149,12 @@ def test_every_readme_command_runs(tiny_model_path, tmp_path):
     problems, done = [], set()
     for command in commands():
         way = how(command)
-        if way.startswith(("skip:", "server:")):
+        if way.startswith(("skip:", "server:", "test:")):
             continue
         words = shlex.split(command)
+        if way == "expand":
+            assert any("submitit_slurm" in w for run in expand_make(words) for w in run), command
+            continue
         if way == "make":
             runs = expand_make(words)
         else:
