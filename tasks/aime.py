@@ -101,7 +101,6 @@ class AIME(Task):
     name = "aime"
     label = "AIME"
     order = 0
-    version = 1
 
     def to_problem(self, row: dict, cfg: dict, position: int = 0) -> dict:
         fields = {**DEFAULT_FIELDS, **((cfg.get("data") or {}).get("fields") or {})}

@@ -46,7 +46,8 @@ class Grade:
 
 class Task(ABC):
     """One benchmark. Subclasses set ``name``, ``label`` (what tables print), ``order`` (the
-    paper's task order first) and ``version``, and implement the three methods."""
+    paper's task order first) and, once its prompt or grader changes, ``version`` (1 until then; it is
+    part of every run's identity), and implement the three methods."""
 
     name: str = ""
     label: str = ""

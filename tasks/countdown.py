@@ -106,7 +106,6 @@ class CountDown(Task):
     name = "countdown"
     label = "CountDown4"
     order = 1
-    version = 1
 
     def to_problem(self, row: dict, cfg: dict, position: int = 0) -> dict:
         require(row, "nums" if "numbers" not in row else "numbers", "target")

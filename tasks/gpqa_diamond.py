@@ -178,7 +178,6 @@ class GPQADiamond(Task):
     name = "gpqa_diamond"
     label = "GPQA-D"
     order = 2
-    version = 1
 
     def read(self, data: dict) -> tuple[list[tuple[str, dict]], dict]:
         return load_gpqa_rows(data)

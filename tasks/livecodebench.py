@@ -251,7 +251,6 @@ class LiveCodeBench(Task):
     name = "livecodebench"
     label = "LiveCodeBench"
     order = 3
-    version = 1
 
     def read(self, data: dict) -> tuple[list[tuple[str, dict]], dict]:
         return read_problem_rows(data)
