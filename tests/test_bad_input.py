@@ -150,3 +150,37 @@ def test_a_full_disk_stops_the_run_in_one_line_and_the_run_resumes(tiny_model_pa
         assert summary["n"] == 3 and summary["complete"]
     finally:
         runner.release_engine()
+
+
+def test_ctrl_c_stops_in_one_line_keeps_what_was_written_and_the_run_resumes(tiny_model_path, tmp_path, monkeypatch,
+                                                                              capsys):
+    """Ctrl-C after the first completion: one line, exit 130, the completion kept; the same command then
+    generates only the rest."""
+    from harness.cli.common import compose
+    from harness.cli.run import run_job
+    from harness.engines.transformers_engine import TransformersEngine
+    from harness.pipeline import runner
+
+    cfg = compose("config", [f"model.path={tiny_model_path}", COUNTDOWN, f"results_dir={tmp_path}", "progress=false",
+                             "task.limit=3", "sampling.max_tokens=4", "engine=transformers"])
+    generate = TransformersEngine.generate
+    asked = []
+
+    def interrupted(self, requests):
+        asked.append(len(requests))
+        for i, pair in enumerate(generate(self, requests)):
+            if i == 1 and len(asked) == 1:  # the first run only
+                raise KeyboardInterrupt
+            yield pair
+
+    monkeypatch.setattr(TransformersEngine, "generate", interrupted)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_job(cfg)
+        assert stopped.value.code == 130
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.strip() and "Loading" not in line]
+        assert len(lines) == 1 and lines[0].startswith("interrupted;") and "resume" in lines[0], lines
+        [summary] = run_job(cfg)
+        assert summary["n"] == 3 and summary["complete"] and asked == [3, 2]
+    finally:
+        runner.release_engine()

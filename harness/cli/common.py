@@ -50,7 +50,7 @@ def disk_error(err: OSError) -> str | None:
 
 def one_line_errors(main: Callable) -> Callable:
     """Run ``main``, turning a UserError, or a full, read-only or forbidden disk, into one line on
-    stderr and exit code 2."""
+    stderr and exit code 2; Ctrl-C into one line and exit code 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -63,6 +63,10 @@ def one_line_errors(main: Callable) -> Callable:
             if message is None:
                 raise
             fail(message)
+        except KeyboardInterrupt:  # Ctrl-C: what was written is kept, and the next run resumes from it
+            print("interrupted; every completion written so far is kept: run the same command again to resume",
+                  file=sys.stderr)
+            sys.exit(130)
 
     return wrapper
 
