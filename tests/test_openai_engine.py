@@ -123,3 +123,14 @@ def test_max_tokens_are_cut_to_the_context_and_too_long_prompts_not_sent(monkeyp
     [body] = sent
     assert body["max_tokens"] == 32 - len(body["prompt"]) < 16 and got["s"].max_tokens == body["max_tokens"]
     assert got["l"].finish_reason == "prompt_too_long" and got["l"].max_tokens == 0
+
+
+def test_forced_tokens_and_logprobs_are_refused_before_anything_is_sent(monkeypatch):
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise AssertionError("nothing may be sent")
+
+    engine = make_engine(handler, monkeypatch)
+    with pytest.raises(ValueError, match="request f: engine=openai cannot force tokens"):
+        list(engine.generate([Request(id="ok", prompt="x"), Request(id="f", prompt="x", forced_tokens=(1, 2))]))
+    with pytest.raises(ValueError, match="request l: engine=openai does not return logprobs"):
+        list(engine.generate([Request(id="l", prompt="x", logprobs=5)]))

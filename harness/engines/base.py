@@ -21,6 +21,11 @@ class Request:
     appended after that (a model's generation prefix, e.g. ``"<think>\\n"``).
     ``temperature == 0`` is greedy; ``top_k <= 0`` and ``top_p == 1`` disable those filters.
     ``seed`` seeds this request's own sampler, so its output does not depend on the batch.
+    ``logprobs = k > 0`` asks for the top ``k`` log-probabilities of every generated step (of the
+    raw model distribution, see :attr:`Completion.logprobs`). ``forced_tokens`` (teacher forcing,
+    the transformers engine only; the others refuse it): step ``t`` emits ``forced_tokens[t]``
+    instead of the sampled or method-chosen token, the method mixing from the model's own
+    distribution and that token as in normal decoding; generation stops when they are used up.
     """
 
     id: str
@@ -33,6 +38,8 @@ class Request:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
     seed: int = 0
+    logprobs: int = 0
+    forced_tokens: tuple[int, ...] = ()
 
 
 @dataclass
@@ -41,7 +48,10 @@ class Completion:
     (None when the engine cannot tell); ``method_stats`` holds the method's own counters (e.g.
     Soft Thinking's ``thinking_ended_at`` and ``cold_stop``) and its per-step histograms.
     ``max_tokens`` is the limit the engine applied: the request's, or less where the model's
-    context (prompt + completion) leaves less (see :func:`token_budget`)."""
+    context (prompt + completion) leaves less (see :func:`token_budget`). ``logprobs``: with
+    ``Request.logprobs = k``, one dict per generated step, the ``k`` most probable tokens of the raw
+    model distribution at that step (log-softmax of the logits, before temperature, top-k, top-p and
+    the method) to their log-probabilities; None when not asked for."""
 
     text: str
     token_ids: list[int]
@@ -52,6 +62,7 @@ class Completion:
     prompt_text: str = ""
     method_stats: dict = field(default_factory=dict)
     max_tokens: int | None = None
+    logprobs: list[dict[int, float]] | None = None
 
 
 class Engine(ABC):
@@ -74,6 +85,14 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the model and its memory."""
+
+
+def refuse_forced_tokens(engine: str, requests: Sequence[Request]) -> None:
+    """For engines that cannot replay tokens: a ValueError naming the first request that asks."""
+    for request in requests:
+        if request.forced_tokens:
+            raise ValueError(f"request {request.id}: engine={engine} cannot force tokens (Request.forced_tokens); "
+                             "only engine=transformers replays them")
 
 
 def render_prompt(tokenizer, request: Request) -> tuple[str, bool]:

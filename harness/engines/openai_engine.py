@@ -30,6 +30,7 @@ from harness.engines.base import (
     decode_completion,
     encode_prompt,
     prompt_too_long,
+    refuse_forced_tokens,
     token_budget,
 )
 from harness.errors import ConfigError, UserError
@@ -194,6 +195,11 @@ class OpenAIEngine(Engine):
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[Request, Completion]]:
         if not requests:
             return
+        refuse_forced_tokens(self.name, requests)
+        for request in requests:
+            if request.logprobs:
+                raise ValueError(f"request {request.id}: engine={self.name} does not return logprobs "
+                                 "(Request.logprobs); use engine=vllm or engine=transformers")
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
             futures = {pool.submit(self._complete, r): r for r in requests}
             try:

@@ -5,6 +5,11 @@ does not mix (Standard), and for the others what their method (:mod:`harness.met
 with the same rule the vLLM runner calls. fp32 and deterministic; each request samples from its
 own seeded generator, so its output does not depend on what else is in the batch. Prompts are
 left-padded; finished rows leave the batch.
+
+Teacher forcing (``Request.forced_tokens``, this engine only): a row emits the given tokens
+instead of sampling (or its method choosing), while its method mixes exactly as in normal
+decoding from this model's own distribution and the forced token; so another engine's completion
+can be replayed and both engines' per-step distributions (``Request.logprobs``) compared.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from harness.methods import Rows
 from harness.methods.batch import bucket, embed_feedback, mix_dense, numeric_params
 from harness.models import resolve_model
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+# float64: the oracle's own float-noise reference (tests/test_vllm_teacher_forced.py)
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 def sample_token(logits: torch.Tensor, request: Request, generator: torch.Generator) -> int:
@@ -56,7 +62,8 @@ class _Row:
 
     def __init__(self, request: Request, prompt_text: str, prompt_ids: list[int], facts: dict, max_tokens: int):
         self.request = request
-        self.max_tokens = max_tokens
+        self.forced = tuple(int(t) for t in request.forced_tokens)
+        self.max_tokens = min(max_tokens, len(self.forced)) if self.forced else max_tokens  # stops when used up
         self.spec = request.method.with_model(facts)
         self.params = numeric_params(self.spec)
         self.state = dict(self.spec.impl.state)
@@ -64,6 +71,7 @@ class _Row:
         self.prompt_text = prompt_text
         self.prompt_ids = prompt_ids
         self.generated: list[int] = []
+        self.logprobs: list[dict[int, float]] = []
         self.mixed_steps = 0
         self.finish_reason: str | None = None
         self.text = ""
@@ -143,6 +151,10 @@ class TransformersEngine(Engine):
     def _generate_batch(self, requests: Sequence[Request]) -> Iterator[tuple[Request, Completion]]:
         rows = []
         for request in requests:
+            bad = [t for t in request.forced_tokens if not 0 <= int(t) < self.embed.num_embeddings]
+            if bad:
+                raise ValueError(f"request {request.id}: forced token {bad[0]} is not a token id of this model "
+                                 f"(0 to {self.embed.num_embeddings - 1})")
             text, ids = encode_prompt(self.tokenizer, request)
             budget = token_budget(request.max_tokens, len(ids), self.context_len)
             if budget < 1:
@@ -164,7 +176,9 @@ class TransformersEngine(Engine):
         active = list(range(len(rows)))  # batch position -> index into rows
         while active:
             current = [rows[i] for i in active]
-            sampled = [sample_token(logits[b], row.request, row.generator) for b, row in enumerate(current)]
+            self._keep_logprobs(logits, current)
+            sampled = [row.forced[len(row.generated)] if row.forced else sample_token(logits[b], row.request, row.generator)
+                       for b, row in enumerate(current)]
             tokens, feedback = self._apply_methods(logits, sampled, current)
             keep = []
             for b, row in enumerate(current):
@@ -196,9 +210,24 @@ class TransformersEngine(Engine):
             )
             cache, logits = out.past_key_values, out.logits[:, -1].float()
 
+    def _keep_logprobs(self, logits: torch.Tensor, rows: list[_Row]) -> None:
+        """The top ``Request.logprobs`` log-probabilities of this step's raw distribution, for the rows
+        that ask (what vLLM's default ``logprobs_mode="raw_logprobs"`` returns)."""
+        wanted = [b for b, row in enumerate(rows) if row.request.logprobs > 0]
+        if not wanted:
+            return
+        k = min(max(rows[b].request.logprobs for b in wanted), logits.shape[-1])
+        index = torch.tensor(wanted, device=logits.device)
+        values, ids = torch.log_softmax(logits[index].float(), dim=-1).topk(k, dim=-1)
+        values, ids = values.tolist(), ids.tolist()
+        for j, b in enumerate(wanted):
+            n = rows[b].request.logprobs
+            rows[b].logprobs.append(dict(zip(ids[j][:n], values[j][:n])))
+
     def _apply_methods(self, logits: torch.Tensor, sampled: list[int], rows: list[_Row]) -> tuple[list[int], list]:
         """Each mixing method's rule on its rows: the tokens they emit (the sampled ones unless the
-        method chooses), their new state and histograms, and their next inputs' feedback."""
+        method chooses, or the forced ones), their new state and histograms, and their next inputs'
+        feedback."""
         tokens = list(sampled)
         groups: dict[tuple, list[int]] = {}
         for b, row in enumerate(rows):
@@ -212,8 +241,9 @@ class TransformersEngine(Engine):
             batch = self._rows(group)
             prepared = impl.prepare(logits[index], batch)
             emitted = prepared.emitted
-            if emitted is None:
-                emitted = torch.tensor([sampled[b] for b in members], device=self.device)
+            if emitted is None or batch.forced is not None:
+                chosen = torch.tensor([sampled[b] for b in members], device=self.device)  # forced rows: the forced tokens
+                emitted = chosen if emitted is None else torch.where(batch.forced >= 0, chosen, emitted)
             fb = impl.feedback(prepared, emitted, batch)
             stats = {**prepared.stats, **fb.stats}
             for j, (b, row) in enumerate(zip(members, group)):
@@ -234,6 +264,7 @@ class TransformersEngine(Engine):
         first = group[0]
         host = {name: np.array([row.params[name] for row in group]) for name in first.params}
         host |= {name: np.array([getattr(row.request, name) for row in group], dtype=float) for name in ("temperature", "top_p", "top_k")}
+        forced = [row.forced[len(row.generated)] if row.forced else -1 for row in group]  # this step's, -1: none
         return Rows(
             params={name: column(values) for name, values in host.items() if name in first.params},
             state={name: column([row.state[name] for row in group]) for name in first.state},
@@ -244,6 +275,7 @@ class TransformersEngine(Engine):
             seed=torch.tensor([row.request.seed for row in group], device=self.device),
             step=torch.tensor([len(row.generated) for row in group], device=self.device),
             host=host,
+            forced=torch.tensor(forced, device=self.device) if any(row.forced for row in group) else None,
         )
 
     def _dense(self, weights: torch.Tensor) -> torch.Tensor:
@@ -279,4 +311,5 @@ class TransformersEngine(Engine):
             prompt_text=row.prompt_text,
             method_stats=row.method_stats(),
             max_tokens=row.max_tokens,
+            logprobs=list(row.logprobs) if row.request.logprobs > 0 else None,
         )

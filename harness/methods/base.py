@@ -103,6 +103,9 @@ class Rows:
     among the generated ones) let a method draw its own reproducible noise (``harness.methods.noise``).
     ``host`` holds the same parameters and settings as numpy arrays, for decisions about shapes
     (reading a device tensor back would make the host wait for the device).
+    ``forced``: the token each row must emit at this step (teacher forcing, which only the
+    transformers oracle does; -1: none), or None; a method that chooses its own tokens
+    (``Prepared.emitted``) emits these instead and computes its new state from them.
     """
 
     params: dict[str, torch.Tensor]
@@ -114,6 +117,7 @@ class Rows:
     seed: torch.Tensor
     step: torch.Tensor
     host: dict[str, np.ndarray] = field(default_factory=dict)
+    forced: torch.Tensor | None = None
 
 
 @dataclass

@@ -106,6 +106,8 @@ class SoftThinking(Method):
         run = torch.where(thinking & enabled, run, state["low_entropy_run"])
         cold = thinking & enabled & (run >= p["length_threshold"])
         emitted = torch.where(thinking, torch.where(cold, think_end, top_ids[:, 0].long()), sampled)
+        if rows.forced is not None:  # teacher forcing: the state follows the forced tokens
+            emitted = torch.where(rows.forced >= 0, rows.forced.long(), emitted)
         ended = thinking & (emitted == think_end)
         new_state = {
             "thinking": (thinking & ~ended).float(),

