@@ -114,7 +114,9 @@ def test_thinking_ends_when_the_model_emits_its_think_end_token():
     spec = make_spec("soft_thinking", entropy_threshold=0.01, length_threshold=256, think_end_id=THINK_END)
     ending = torch.zeros(V)
     ending[THINK_END] = 3.0
-    emitted, mixed, state = step_through(spec, [torch.randn(V), ending, torch.randn(V)])
+    noise = torch.randn(2, V, generator=torch.Generator().manual_seed(0))
+    noise[:, THINK_END] = noise.min() - 1  # the first and last steps must not end thinking by chance
+    emitted, mixed, state = step_through(spec, [noise[0], ending, noise[1]])
     assert emitted[1] == THINK_END and mixed == [True, False, False]
     assert spec.impl.report(state) == {"thinking_ended_at": 1, "cold_stop": False}
 
