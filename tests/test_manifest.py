@@ -45,3 +45,5 @@ def test_git_dirty_counts_untracked_files_but_not_ignored_ones(tmp_path):
     (tmp_path / "configs" / "my_model.yaml").write_text("path: x\n")
     state = git_state(tmp_path)
     assert state["dirty"] is True and state["changed_files"] == ["configs/my_model.yaml"]
+    (tmp_path / ".gitignore").write_text("results/\noutputs/\n")  # a tracked file changed: " M .gitignore"
+    assert git_state(tmp_path)["changed_files"] == [".gitignore", "configs/my_model.yaml"]

@@ -39,13 +39,13 @@ def git_state(repo: Path = REPO) -> dict:
             out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return None
-        return out.stdout.strip() if out.returncode == 0 else None
+        return out.stdout if out.returncode == 0 else None
 
-    sha = git("rev-parse", "HEAD")
+    sha = (git("rev-parse", "HEAD") or "").strip() or None
     status = git("status", "--porcelain", "--untracked-files=all")
     if status is None:
         return {"sha": sha, "dirty": None}
-    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    changed = [line[3:] for line in status.splitlines() if line.strip()]  # "XY path": two status letters, a space
     return {"sha": sha, "dirty": bool(changed), "changed_files": changed[:50], "changed_count": len(changed)}
 
 
