@@ -129,7 +129,7 @@ def expand_make(words: list[str]) -> list[list[str]]:
     out = subprocess.run(["make", "-n", *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     found = []
-    for line in out.stdout.splitlines():
+    for line in out.stdout.replace("\\\n", " ").splitlines():  # a recipe line continued with a backslash
         parts = shlex.split(line)
         if parts and Path(parts[0]).name.startswith("moi-"):
             found.append([Path(parts[0]).name, *parts[1:]])

@@ -50,6 +50,17 @@ def journalled(results: Path) -> int:
     return sum(len(p.read_text().splitlines()) for p in results.rglob("*.jsonl") if ".sweeps" not in p.parts)
 
 
+def writer_pid(results: Path) -> int:
+    """The pid of the process that holds the runs under ``results`` (their ``owner.lock`` records it)."""
+    pids = set()
+    for lock in results.rglob("owner.lock"):
+        text = lock.read_text().strip()
+        if text:
+            pids.add(json.loads(text)["pid"])
+    assert len(pids) == 1, f"expected one process writing the runs, found {sorted(pids)}"
+    return pids.pop()
+
+
 def job_info(job: str, env: dict) -> dict[str, str]:
     """``scontrol show job``'s fields (JobState, RunTime, Restarts, ...)."""
     out = command(["scontrol", "show", "job", job], env=env).stdout
@@ -90,11 +101,12 @@ def test_a_shard_requeued_at_its_time_limit_then_cancelled_and_submitted_again_m
         slurm_cluster, smoke_reference, tmp_path, tiny_model_path):
     """One shard job through both interruptions of a cluster:
 
-    - SLURM signals a job ``signal_delay_s`` before its time limit; submitit checkpoints hydra's launcher and
-      requeues the job, and the next attempt resumes the runs by itself. So that the limit strikes mid-generation
-      whatever this machine's speed, the test cuts the running job's limit (scontrol) to about 40 s ahead, and
-      gives the requeued job its 30 minutes back; the signal, the requeue and the resume are the job's own.
-    - Then ``scancel`` mid-generation, and the same command submitted again.
+    - SLURM signals a job (SIGUSR2) ``signal_delay_s`` before its time limit; submitit checkpoints hydra's
+      launcher and requeues the job, and the next attempt resumes the runs by itself. So that the signal strikes
+      mid-generation whatever this machine's speed, the test sends it (``scancel --signal=USR2``) once the first
+      completion is written; the requeue and the resume are the job's own.
+    - Then cancelled mid-generation (the SIGKILL that ``scancel`` ends with, then ``scancel``), and the same
+      command submitted again.
 
     ``engine.max_num_seqs=1`` (a performance knob, not part of a run's identity) makes the generation last
     long enough to be interrupted twice; the final submission runs at full speed.
@@ -109,20 +121,23 @@ def test_a_shard_requeued_at_its_time_limit_then_cancelled_and_submitted_again_m
     try:
         wait_for(lambda: journalled(results) >= 1, 600, "the job to journal a completion")
         [job] = [p.name for p in (results / ".sweeps").glob("*/.submitit/*") if p.is_dir()]
-        hours, minutes, seconds = (int(x) for x in job_info(job, slurm_cluster)["RunTime"].split(":")[-3:])
-        limit = -(-(hours * 3600 + minutes * 60 + seconds + 40) // 60)  # minutes, rounded up
-        command(["scontrol", "update", f"JobId={job}", f"TimeLimit={limit}"], env=slurm_cluster)
+        # the time limit's warning, sent now rather than by SLURM's timer (which checks limits every 30 s or
+        # so, and a fast machine finishes the shard first): the signal SLURM sends signal_delay_s before the limit
+        command(["scancel", "--signal=USR2", job], env=slurm_cluster)
 
         def requeued() -> bool:
             info = job_info(job, slurm_cluster)
-            assert info["JobState"] != "COMPLETED", "the job finished before its time limit struck: nothing was tested"
+            assert info["JobState"] != "COMPLETED", "the job finished before the signal struck: nothing was tested"
             return int(info["Restarts"]) >= 1
 
-        wait_for(requeued, 180, "SLURM to signal the job at its time limit and submitit to requeue it")
-        command(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], env=slurm_cluster)
+        wait_for(requeued, 180, "submitit to requeue the job at the time limit's signal")
         at_requeue = journalled(results)
         wait_for(lambda: journalled(results) >= at_requeue + 2, 300, "the requeued job to resume generating")
-        command(["scancel", job], env=slurm_cluster)
+        # scancel: SLURM sends SIGTERM, which submitit ignores, then SIGKILL KillWait (5 s here) later, time enough
+        # for this small shard to finish; so the job's process gets that SIGKILL now (its pid is in the lock of
+        # the run it writes), and scancel then ends the job
+        os.kill(writer_pid(results), signal.SIGKILL)
+        command(["scancel", job], env=slurm_cluster, check=False)
         wait_for(lambda: not command(["squeue", "-h", "-j", job], env=slurm_cluster, check=False).stdout.strip(), 120,
                  f"job {job} to end")
     finally:
