@@ -42,7 +42,7 @@ CHECK_LAUNCHER = @test "$(LAUNCHER)" != slurm || test -n "$(PARTITION)" || \
 
 MODEL ?= tiny
 
-.PHONY: setup demo test test-fast lint table bench bench-concurrency gpu-check serve reproduce reproduce-smoke clean
+.PHONY: setup demo test test-slow test-all lint table bench bench-concurrency gpu-check serve reproduce reproduce-smoke clean
 
 setup: $(STAMP)
 
@@ -64,15 +64,18 @@ demo: setup
 	$(BIN)/moi-run experiment=demo
 	$(BIN)/moi-table results/demo behaviour=true examples=1
 
-# Everything, slow and SLURM tests included (the SLURM ones use scripts/slurm_local.sh's cluster, starting
-# it as root, or are skipped with the reason; .ci/run starts it). About 15 minutes on 2 cores that other
-# work shared (load average 5 to 9), less on idle ones; `make test-fast` skips the tests marked slow.
+# The default suite: ruff and every test not marked slow (about 11 minutes on 2 idle cores).
 test: setup
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
-
-test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# The tests marked slow (about 6 minutes): SmolLM2 on both engines (token for token, teacher-forced), SLURM
+# jobs (on scripts/slurm_local.sh's cluster, started as root, or skipped with the reason), shards on one node,
+# clean installs. .ci/run runs `make test` and then these.
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+test-all: test test-slow
 
 lint: setup
 	$(PY) -m ruff check .
