@@ -64,7 +64,7 @@ demo: setup
 	$(BIN)/moi-run experiment=demo
 	$(BIN)/moi-table results/demo behaviour=true examples=1
 
-# The default suite: ruff and every test not marked slow (about 11 minutes on 2 idle cores).
+# The default suite: ruff and every test not marked slow (about 9 minutes on 2 idle cores).
 test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow"
