@@ -184,3 +184,14 @@ def test_ctrl_c_stops_in_one_line_keeps_what_was_written_and_the_run_resumes(tin
         assert summary["n"] == 3 and summary["complete"] and asked == [3, 2]
     finally:
         runner.release_engine()
+
+
+def test_a_users_last_line_without_its_newline_is_graded(tmp_path):
+    """Users' files are read whole: only the harness's own journals drop a torn last line."""
+    path = tmp_path / "completions.jsonl"
+    path.write_text('{"nums": [1, 2, 3, 4], "target": 24, "completion": "<answer>1 * 2 * 3 * 4</answer>"}\n'
+                    '{"nums": [1, 2, 3, 4], "target": 10, "completion": "<answer>1 + 2 + 3 + 4</answer>"}')
+    graded = command("harness.grade", ["task=countdown", f"file={path}"])
+    assert graded.returncode == 0, graded.stderr
+    rows = [json.loads(line) for line in graded.stdout.splitlines() if line.startswith("{")]
+    assert [(row["target"], row["verdict"]) for row in rows] == [(24, "correct"), (10, "correct")]
