@@ -22,9 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.analysis.runs import beta_key, load_runs, method_label, method_rank, task_columns
+from harness.analysis.runs import beta_key, load_runs, method_label, method_rank, task_columns, view_records
 from harness.errors import DataError
-from harness.storage import SAMPLES, read_jsonl
 from harness.tasks import task_label
 
 SHOWN = ["model", "task", "method", "beta", "temperature", "top_p"]  # what a row shows; rows are settings
@@ -47,11 +46,7 @@ def load(root: str | Path) -> pd.DataFrame:
     runs = load_runs(root)
     rows = []
     for run in runs.itertuples(index=False):
-        wanted = set(run.problem_ids)
-        for record in read_jsonl(Path(run.run) / SAMPLES):
-            index = int(record.get("sample_index", 0))
-            if str(record["problem_id"]) not in wanted or index >= (run.n_samples or 0):
-                continue
+        for record in view_records(run):
             tokens = int(record.get("completion_tokens") or 0)
             rows.append({
                 **{key: getattr(run, key) for key in SHOWN},
@@ -59,7 +54,7 @@ def load(root: str | Path) -> pd.DataFrame:
                 "setting_key": run.setting_key,
                 "run": run.run,
                 "problem_id": str(record["problem_id"]),
-                "sample_index": index,
+                "sample_index": int(record.get("sample_index", 0)),
                 "correct": bool(record.get("correct")),
                 "format_ok": format_ok(record.get("grade_details")),
                 "tokens": tokens,

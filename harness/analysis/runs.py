@@ -130,15 +130,21 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     return frame
 
 
+def view_records(run) -> list[dict]:
+    """The sample records in a run's view (a row of :func:`load_runs`): its problems, its first
+    ``n_samples`` samples per problem."""
+    wanted = set(run.problem_ids)
+    return [r for r in read_jsonl(Path(run.run) / SAMPLES)
+            if str(r["problem_id"]) in wanted and int(r.get("sample_index", 0)) < (run.n_samples or 0)]
+
+
 def load_samples(root: str | Path, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per graded sample of each run's view (its problems, its first ``n_samples`` samples
     per problem), with the run's keys and short settings."""
     runs = load_runs(root) if runs is None else runs
     frames = []
     for run in runs.itertuples(index=False):
-        records = read_jsonl(Path(run.run) / SAMPLES)
-        wanted = set(run.problem_ids)
-        records = [r for r in records if str(r["problem_id"]) in wanted and int(r.get("sample_index", 0)) < (run.n_samples or 0)]
+        records = view_records(run)
         frame = pd.DataFrame({
             "problem_id": [str(r["problem_id"]) for r in records],
             "sample_index": [int(r.get("sample_index", 0)) for r in records],
