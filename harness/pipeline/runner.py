@@ -77,10 +77,7 @@ def run(configs: list[dict]) -> list[dict]:
         summaries = _run_owned([unique[path] for path in owned])
         started = True
     finally:
-        for path in owned:
-            locks[path].release()
-            if not started:  # a run that never started (its engine failed) leaves nothing behind
-                RunDir(path).remove_if_unused()
+        _release(owned, locks, started)
     if busy:
         summaries.update(_take_over(busy, unique, locks))
     return [summaries[path] for path in unique]
@@ -89,6 +86,7 @@ def run(configs: list[dict]) -> list[dict]:
 def _take_over(busy: dict[Path, str], unique: dict[Path, dict], locks: dict) -> dict[Path, dict]:
     """Runs that other processes held: wait for each, then skip it if its owner completed it, else run it."""
     log.info("%d run(s) held by other processes; this job takes them up once they are free", len(busy))
+    started = False
     try:
         for path in sorted(busy):  # one order for every process: waiters never wait on each other in a cycle
             locks[path].acquire(wait=True)
@@ -101,10 +99,18 @@ def _take_over(busy: dict[Path, str], unique: dict[Path, dict], locks: dict) -> 
                 log.info("run %s was completed by %s; skipped", path, busy[path])
                 summaries[path] = summary
         summaries.update(_run_owned(rest))
+        started = True
         return summaries
     finally:
-        for path in busy:
-            locks[path].release()
+        _release([path for path in busy if locks[path].held], locks, started)
+
+
+def _release(paths: list[Path], locks: dict, started: bool) -> None:
+    """Let go of runs' locks; runs that never started (their engine failed) leave nothing behind."""
+    for path in paths:
+        locks[path].release()
+        if not started:
+            RunDir(path).remove_if_unused()
 
 
 def complete_summary(path: Path) -> dict | None:
